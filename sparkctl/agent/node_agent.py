@@ -1,0 +1,530 @@
+"""sparkctl's node agent: runs ON a node, standard library only (Python >= 3.8).
+
+The controller sends this file's source and one JSON request on stdin to
+`python3 -c BOOTSTRAP` (see client.py), so nothing has to be installed on the
+nodes and no value from an inventory or playbook ever appears in a command
+line: environment values (tokens included) travel on stdin.
+
+Every process sparkctl starts carries SPARKCTL_TAG=<cluster>/<node>/<launch id>
+in its environment, which its children inherit. Stopping and status use that
+tag (read from /proc/<pid>/environ) and the recorded pid + start time, never
+process names, so only what sparkctl started is ever signalled.
+"""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
+TAG_VAR = "SPARKCTL_TAG"
+MAX_TAIL = 256 * 1024
+
+
+# --------------------------------------------------------------------------
+# /proc helpers
+# --------------------------------------------------------------------------
+def _read(path, limit=1 << 20):
+    with open(path, "rb") as handle:
+        return handle.read(limit)
+
+
+def proc_stat(pid):
+    """(state, ppid, pgid, starttime) of a pid, or None when it is gone."""
+    try:
+        raw = _read("/proc/%d/stat" % pid).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return None
+    # comm may contain spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(")") + 2:].split()
+    try:
+        return rest[0], int(rest[1]), int(rest[2]), int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def proc_tag(pid):
+    try:
+        env = _read("/proc/%d/environ" % pid)
+    except OSError:
+        return None
+    prefix = (TAG_VAR + "=").encode()
+    for entry in env.split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix):].decode("utf-8", "replace")
+    return None
+
+
+def proc_cmdline(pid, limit=400):
+    try:
+        raw = _read("/proc/%d/cmdline" % pid, 8192)
+    except OSError:
+        return ""
+    text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    return text[:limit]
+
+
+def all_pids():
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            pids.append(int(name))
+    return pids
+
+
+def boot_id():
+    try:
+        return _read("/proc/sys/kernel/random/boot_id").decode().strip()
+    except OSError:
+        return ""
+
+
+def clock_ticks():
+    try:
+        return os.sysconf("SC_CLK_TCK")
+    except (ValueError, OSError):
+        return 100
+
+
+def uptime_s():
+    try:
+        return float(_read("/proc/uptime").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def tagged_processes(prefix):
+    """Live (non-zombie) processes whose SPARKCTL_TAG starts with prefix."""
+    me = os.getpid()
+    found = []
+    ticks = clock_ticks()
+    now = uptime_s()
+    for pid in all_pids():
+        if pid == me:
+            continue
+        tag = proc_tag(pid)
+        if tag is None or not tag.startswith(prefix):
+            continue
+        stat = proc_stat(pid)
+        if stat is None or stat[0] == "Z":
+            continue
+        found.append(
+            {
+                "pid": pid,
+                "ppid": stat[1],
+                "pgid": stat[2],
+                "starttime": stat[3],
+                "age_s": round(max(0.0, now - stat[3] / float(ticks)), 1),
+                "state": stat[0],
+                "tag": tag,
+                "cmdline": proc_cmdline(pid),
+            }
+        )
+    return found
+
+
+def is_alive(pid, starttime):
+    """True when pid exists, is not a zombie and is the same process (start time)."""
+    stat = proc_stat(pid)
+    return stat is not None and stat[0] != "Z" and stat[3] == starttime
+
+
+# --------------------------------------------------------------------------
+# sockets
+# --------------------------------------------------------------------------
+def listening_sockets():
+    """{inode: port} for every TCP socket in LISTEN state in this network namespace."""
+    result = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = _read(table, 64 << 20).decode().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":
+                continue
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            result[int(fields[9])] = port
+    return result
+
+
+def socket_owners(inodes, pids=None):
+    """{inode: pid} for the given socket inodes, looking at pids (default: all)."""
+    owners = {}
+    wanted = set(inodes)
+    for pid in pids if pids is not None else all_pids():
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in wanted:
+                    owners.setdefault(inode, pid)
+    return owners
+
+
+def ports_in_use(ports):
+    """For each requested port that something listens on: the listener's pid and tag."""
+    listening = listening_sockets()
+    hits = dict((inode, port) for inode, port in listening.items() if port in set(ports))
+    if not hits:
+        return []
+    owners = socket_owners(hits.keys())
+    out = []
+    seen = set()
+    for inode, port in sorted(hits.items(), key=lambda item: item[1]):
+        pid = owners.get(inode)
+        key = (port, pid)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(
+            {
+                "port": port,
+                "pid": pid,
+                "tag": proc_tag(pid) if pid else None,
+                "cmdline": proc_cmdline(pid, 200) if pid else "",
+            }
+        )
+    return out
+
+
+def ports_of(pids):
+    listening = listening_sockets()
+    owners = socket_owners(listening.keys(), pids)
+    return sorted(set(listening[inode] for inode in owners))
+
+
+# --------------------------------------------------------------------------
+# operations
+# --------------------------------------------------------------------------
+def _expand(path):
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _write_json_atomic(path, data):
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _rotate(log, keep=3):
+    if not os.path.exists(log):
+        return
+    for i in range(keep - 1, 0, -1):
+        older = "%s.%d" % (log, i)
+        if os.path.exists(older):
+            os.replace(older, "%s.%d" % (log, i + 1))
+    os.replace(log, log + ".1")
+
+
+def op_launch(req):
+    """Start argv detached: own session and process group, stdio to a log file,
+    surviving the SSH session. Returns what was started, as observed."""
+    argv = req["argv"]
+    log = _expand(req["log"])
+    record = _expand(req["record"])
+    cwd = _expand(req.get("cwd") or "~")
+    for folder in (os.path.dirname(log), os.path.dirname(record)):
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    _rotate(log)
+    env = dict(os.environ)
+    env.update(req.get("env") or {})
+    env[TAG_VAR] = req["tag"]
+    if shutil.which(argv[0], path=env.get("PATH")) is None and not os.path.exists(argv[0]):
+        return {"ok": False, "error": "command not found on this node: %s" % argv[0], "kind": "command-not-found"}
+    read_end, write_end = os.pipe()  # both close-on-exec: EOF on exec success
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(read_end)
+            os.setsid()
+            log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            null_fd = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null_fd, 0)
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.closerange(3, write_end)
+            os.closerange(write_end + 1, 65536)
+            os.chdir(cwd)
+            os.execvpe(argv[0], argv, env)
+        except BaseException as exc:  # report why exec failed, then die
+            try:
+                os.write(write_end, ("%s: %s" % (type(exc).__name__, exc)).encode())
+            finally:
+                os._exit(127)
+    os.close(write_end)
+    failure = b""
+    while True:
+        chunk = os.read(read_end, 4096)
+        if not chunk:
+            break
+        failure += chunk
+    os.close(read_end)
+    if failure:
+        os.waitpid(pid, 0)
+        return {"ok": False, "error": failure.decode("utf-8", "replace"), "kind": "exec-failed"}
+    stat = proc_stat(pid)
+    info = {
+        "role": req.get("role", "process"),
+        "pid": pid,
+        "pgid": pid,
+        "starttime": stat[3] if stat else None,
+        "boot_id": boot_id(),
+        "tag": req["tag"],
+        "log": log,
+        "argv": argv,
+        "env_keys": sorted((req.get("env") or {}).keys()),
+        "plan_digest": req.get("plan_digest"),
+        "started_at": time.time(),
+        "hostname": socket.gethostname(),
+    }
+    _write_json_atomic(record, info)
+    return {"ok": True, "process": info}
+
+
+def _records(record_dir):
+    records = []
+    folder = _expand(record_dir)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return records
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(folder, name)) as handle:
+                records.append(json.load(handle))
+        except (OSError, ValueError):
+            continue
+    return records
+
+
+def _read_from(path, offset):
+    """New bytes of a log since offset (restarting when the file was replaced)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return {"path": path, "exists": False, "data": "", "offset": 0, "size": 0}
+    if offset is None or offset < 0:
+        offset = max(0, size - MAX_TAIL)
+    if offset > size:
+        offset = 0
+    start = max(offset, size - MAX_TAIL)
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        data = handle.read(size - start)
+    return {
+        "path": path,
+        "exists": True,
+        "data": data.decode("utf-8", "replace"),
+        "offset": start + len(data),
+        "size": size,
+        "skipped": start - offset,
+    }
+
+
+def op_status(req):
+    prefix = req["tag_prefix"]
+    current_boot = boot_id()
+    records = []
+    for rec in _records(req["record_dir"]):
+        same_boot = rec.get("boot_id") == current_boot
+        alive = bool(same_boot and rec.get("pid") and is_alive(rec["pid"], rec.get("starttime")))
+        records.append(dict(rec, alive=alive))
+    procs = tagged_processes(prefix)
+    logs = [_read_from(_expand(item["path"]), item.get("offset")) for item in req.get("logs") or []]
+    return {
+        "ok": True,
+        "records": records,
+        "processes": procs,
+        "ports": ports_of([p["pid"] for p in procs]) if procs else [],
+        "in_use": ports_in_use(req.get("ports") or []),
+        "logs": logs,
+        "boot_id": current_boot,
+    }
+
+
+def _signal_targets(procs, sig):
+    """Signal whole process groups whose members are all ours; otherwise single pids."""
+    by_group = {}
+    for proc in procs:
+        by_group.setdefault(proc["pgid"], []).append(proc)
+    ours = set(p["pid"] for p in procs)
+    sent = []
+    for pgid, members in by_group.items():
+        group_pids = [pid for pid in all_pids() if (proc_stat(pid) or (None, None, None))[2] == pgid]
+        if group_pids and set(group_pids) <= ours:
+            try:
+                os.killpg(pgid, sig)
+                sent.append({"pgid": pgid})
+            except OSError:
+                pass
+            continue
+        for proc in members:
+            try:
+                os.kill(proc["pid"], sig)
+                sent.append({"pid": proc["pid"]})
+            except OSError:
+                pass
+    return sent
+
+
+def op_stop(req):
+    """SIGTERM everything tagged with the prefix, wait, SIGKILL what is left, verify."""
+    prefix = req["tag_prefix"]
+    grace = float(req.get("grace_s", 30))
+    started = time.time()
+    procs = tagged_processes(prefix)
+    stopped = [{"pid": p["pid"], "cmdline": p["cmdline"][:200]} for p in procs]
+    killed = []
+    if procs:
+        _signal_targets(procs, signal.SIGTERM)
+        deadline = started + grace
+        while time.time() < deadline:
+            procs = tagged_processes(prefix)
+            if not procs:
+                break
+            time.sleep(0.2)
+        procs = tagged_processes(prefix)
+        if procs:
+            killed = [p["pid"] for p in procs]
+            _signal_targets(procs, signal.SIGKILL)
+            kill_deadline = time.time() + 10
+            while time.time() < kill_deadline and tagged_processes(prefix):
+                time.sleep(0.1)
+    remaining = tagged_processes(prefix)
+    removed = []
+    if not remaining and req.get("record_dir"):
+        folder = _expand(req["record_dir"])
+        for rec in _records(folder):
+            path = os.path.join(folder, "%s.json" % rec.get("role", "process"))
+            try:
+                os.unlink(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return {
+        "ok": not remaining,
+        "stopped": stopped,
+        "killed": killed,
+        "remaining": remaining,
+        "in_use": ports_in_use(req.get("ports") or []),
+        "records_removed": removed,
+        "elapsed_s": round(time.time() - started, 2),
+    }
+
+
+def op_exec(req):
+    env = dict(os.environ)
+    env.update(req.get("env") or {})
+    started = time.time()
+    try:
+        proc = subprocess.Popen(
+            req["argv"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=_expand(req.get("cwd") or "~"), start_new_session=True,
+        )
+    except OSError as exc:
+        code = 127 if exc.errno == errno.ENOENT else 126
+        return {"ok": True, "rc": code, "stdout": "", "stderr": "%s: %s\n" % (req["argv"][0], exc.strerror),
+                "duration_s": 0.0}
+    try:
+        out, err = proc.communicate(timeout=req.get("timeout_s"))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return {"ok": True, "rc": 124, "timed_out": True, "stdout": out.decode("utf-8", "replace"),
+                "stderr": err.decode("utf-8", "replace"), "duration_s": round(time.time() - started, 3)}
+    return {"ok": True, "rc": proc.returncode, "stdout": out.decode("utf-8", "replace"),
+            "stderr": err.decode("utf-8", "replace"), "duration_s": round(time.time() - started, 3)}
+
+
+def _ipv4_by_interface():
+    """{ifname: [ipv4/prefix, ...]} from `ip -j -4 addr` (iproute2 is on every Spark)."""
+    ip = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
+    if ip is None:
+        return {}
+    try:
+        out = subprocess.run([ip, "-j", "-4", "addr", "show"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=10).stdout
+        data = json.loads(out.decode() or "[]")
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {}
+    result = {}
+    for link in data:
+        addrs = ["%s/%s" % (a.get("local"), a.get("prefixlen")) for a in link.get("addr_info", []) if a.get("local")]
+        result[link.get("ifname")] = addrs
+    return result
+
+
+def op_probe(req):
+    """Cheap facts `up` needs before starting anything."""
+    paths = {}
+    for path in req.get("paths") or []:
+        full = _expand(path)
+        paths[path] = {
+            "exists": os.path.exists(full),
+            "is_dir": os.path.isdir(full),
+            "has_config": os.path.isfile(os.path.join(full, "config.json")),
+        }
+    commands = {}
+    for command in req.get("commands") or []:
+        found = shutil.which(command) if os.sep not in command else (command if os.access(command, os.X_OK) else None)
+        commands[command] = found
+    return {
+        "ok": True,
+        "hostname": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "paths": paths,
+        "commands": commands,
+        "in_use": ports_in_use(req.get("ports") or []),
+        "interfaces": _ipv4_by_interface(),
+        "boot_id": boot_id(),
+    }
+
+
+OPS = {
+    "launch": op_launch,
+    "status": op_status,
+    "stop": op_stop,
+    "exec": op_exec,
+    "probe": op_probe,
+}
+
+
+def handle(request):
+    op = OPS.get(request.get("op"))
+    if op is None:
+        return {"ok": False, "error": "unknown op %r" % request.get("op"), "kind": "bad-request"}
+    try:
+        return op(request)
+    except Exception as exc:  # noqa: BLE001 - the controller gets the failure, not a hung channel
+        import traceback
+
+        return {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc), "kind": "agent-error",
+                "traceback": traceback.format_exc()[-4000:]}
+
+
+def respond(request):
+    sys.stdout.write(RESULT_MARKER + json.dumps(handle(request)) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "sparkctl_agent":
+    respond(REQUEST)  # noqa: F821 - injected by the bootstrap

@@ -1,0 +1,1 @@
+"""Launch backends: pure planners of argv and environment per node."""

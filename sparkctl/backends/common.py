@@ -1,0 +1,35 @@
+"""What a backend plans for one node, and where a node keeps sparkctl's files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sparkctl.inventory import Node
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One process to start on one node, fully planned on the controller."""
+
+    node: str
+    role: str  # name of the process kind, e.g. "vllm"; also its log and record name
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    forward_env: tuple[str, ...] = ()  # names read from the controller's environment at launch; never stored
+    listen_ports: tuple[int, ...] = ()
+
+
+def node_dir(node: Node, cluster: str) -> str:
+    return f"{node.workdir.rstrip('/')}/{cluster}/{node.name}"
+
+
+def log_path(node: Node, cluster: str, role: str) -> str:
+    return f"{node_dir(node, cluster)}/{role}.log"
+
+
+def record_dir(node: Node, cluster: str) -> str:
+    return f"{node_dir(node, cluster)}/procs"
+
+
+def tag_prefix(cluster: str, node: Node) -> str:
+    return f"{cluster}/{node.name}/"

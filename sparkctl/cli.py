@@ -1,0 +1,322 @@
+"""The command line: parse arguments, call the library, print, exit.
+
+This is the only module that prints results or chooses an exit status.
+Exit codes: 0 ok; 1 failed (check, node command, readiness); 2 bad input;
+3 a node unreachable over SSH; 4 a deadline passed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from typing import Any, Callable, Sequence
+
+from sparkctl import __version__
+from sparkctl.errors import ExitCode, InputError, SparkctlError
+from sparkctl.progress import NullReporter, Reporter, StreamReporter
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ----------------------------------------------------------------------------
+# output helpers
+# ----------------------------------------------------------------------------
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _reporter(args: argparse.Namespace) -> Reporter:
+    return NullReporter() if getattr(args, "quiet", False) else StreamReporter(sys.stderr)
+
+
+def _report_error(args: argparse.Namespace, error: SparkctlError) -> int:
+    if getattr(args, "json", False):
+        _print_json({"ok": False, **error.to_dict()})
+    err = sys.stderr
+    err.write(f"error: {error.message}\n")
+    for line in error.details:
+        err.write(f"  {line}\n")
+    if error.hint:
+        err.write(f"hint: {error.hint}\n")
+    return int(error.exit_code)
+
+
+def _inventory_path(args: argparse.Namespace) -> str:
+    path = args.inventory or os.environ.get("SPARKCTL_INVENTORY")
+    if not path:
+        raise InputError("no inventory given", hint="pass -i INVENTORY (or set SPARKCTL_INVENTORY)")
+    return path
+
+
+def _playbook_path(args: argparse.Namespace, *, required: bool) -> str | None:
+    path = getattr(args, "playbook", None) or os.environ.get("SPARKCTL_PLAYBOOK")
+    if required and not path:
+        raise InputError("no playbook given", hint="pass -p PLAYBOOK (or set SPARKCTL_PLAYBOOK)")
+    return path
+
+
+def _load(args: argparse.Namespace, *, playbook: str) -> tuple[Any, Any]:
+    """Load the inventory and, as `playbook` says ('required'|'optional'|'none'), the playbook."""
+    from sparkctl.inventory import load_inventory
+    from sparkctl.playbook import load_playbook
+
+    inventory = load_inventory(_inventory_path(args))
+    loaded = None
+    if playbook != "none":
+        path = _playbook_path(args, required=playbook == "required")
+        if path:
+            loaded = load_playbook(path)
+    return inventory, loaded
+
+
+# ----------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    from sparkctl.playbook import check_against_inventory
+
+    inventory, playbook = _load(args, playbook="optional")
+    problems = check_against_inventory(playbook, inventory) if playbook else []
+    if problems:
+        raise InputError("the playbook does not fit the inventory", details=problems)
+    summary: dict[str, Any] = {
+        "ok": True,
+        "inventory": {
+            "path": inventory.path,
+            "cluster": inventory.cluster,
+            "nodes": [
+                {"name": n.name, "host": n.host, "port": n.port, "user": n.user, "connection": n.connection,
+                 "fabric_ip": n.fabric_ip, "role": n.role, "gpus": n.gpus, "env_keys": sorted(inventory.node_env(n))}
+                for n in inventory.nodes
+            ],
+        },
+    }
+    if playbook:
+        summary["playbook"] = {
+            "path": playbook.path,
+            "model": playbook.model,
+            "served_model_name": playbook.served_model_name,
+            "backend": playbook.backend,
+            "tensor_parallel_size": playbook.tensor_parallel_size,
+            "pipeline_parallel_size": playbook.pipeline_parallel_size,
+            "port": playbook.port,
+            "vllm_command": list(playbook.vllm_command),
+        }
+    if args.json:
+        _print_json(summary)
+        return 0
+    nodes = ", ".join(f"{n.name} ({n.role}, {n.connection})" for n in inventory.nodes)
+    print(f"{inventory.path}: ok: cluster {inventory.cluster}, {len(inventory.nodes)} node(s): {nodes}")
+    if playbook:
+        print(
+            f"{playbook.path}: ok: {playbook.served_model_name} ({playbook.model}), backend {playbook.backend}, "
+            f"TP={playbook.tensor_parallel_size} x PP={playbook.pipeline_parallel_size} across {len(inventory.nodes)} node(s)"
+        )
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from sparkctl.ops.exec import exec_all
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise InputError("no command given", hint="sparkctl exec -i INVENTORY -- COMMAND [ARGS...]")
+    inventory, _ = _load(args, playbook="none")
+    results = exec_all(inventory, command, timeout_s=args.timeout)
+    if args.json:
+        _print_json({"command": command, "nodes": [r.to_dict() for r in results]})
+    else:
+        for r in results:
+            if r.error is not None:
+                print(f"== {r.node}: unreachable: {r.error}")
+                continue
+            print(f"== {r.node}: exit {r.returncode} ({r.duration_s:.2f}s)")
+            for line in r.stdout.splitlines():
+                print(f"{r.node}: {line}")
+            for line in r.stderr.splitlines():
+                print(f"{r.node} [stderr]: {line}")
+        ok = sum(1 for r in results if r.returncode == 0)
+        print(f"{ok}/{len(results)} node(s) exited 0", file=sys.stderr)
+    if any(r.error is not None for r in results):
+        return int(ExitCode.UNREACHABLE)
+    return 0 if all(r.returncode == 0 for r in results) else int(ExitCode.FAILED)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from sparkctl.ops.up import up
+
+    inventory, playbook = _load(args, playbook="required")
+    result = up(inventory, playbook, _reporter(args))
+    if args.json:
+        _print_json({"ok": True, **result.to_dict()})
+        return 0
+    if result.outcome == "already-up":
+        print(f"already up: {result.endpoint}/v1 serves {result.served_model_name!r}; nothing was started")
+        return 0
+    print(f"ready: {result.endpoint}/v1 serves {result.served_model_name!r} (backend {result.backend}, {len(result.nodes)} node(s))")
+    kv = result.kv_cache
+    if kv.get("tokens") is not None:
+        line = f"  KV cache: {kv['tokens']:,} tokens"
+        if kv.get("max_concurrency") is not None:
+            line += f"; maximum concurrency {kv['max_concurrency']:.2f}x at {kv.get('tokens_per_request') or '?'} tokens per request"
+        print(line)
+    t = result.timings
+    print(
+        f"  up to ready: {t['total_s']:.1f}s, of which vLLM start-up {t['vllm_startup_s']:.1f}s "
+        f"(preflight {t['preflight_s']:.1f}s, launch {t['launch_s']:.1f}s, first completion {t['first_completion_s']:.1f}s)"
+    )
+    for name, node in result.nodes.items():
+        print(f"  {name}: pid {node['pid']}, log {node['log']}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sparkctl.ops.status import status
+
+    inventory, playbook = _load(args, playbook="optional")
+    result = status(inventory, playbook=playbook)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(f"cluster {result.cluster}: {result.state}")
+        if result.endpoint:
+            health = result.health if result.health is not None else "no answer"
+            models = ", ".join(result.models) or "-"
+            print(f"  endpoint {result.endpoint}: /health {health}; models: {models}")
+        print(f"  {'NODE':<12} {'ROLE':<7} {'PROCESS':<8} {'PID':>8}  {'ALIVE':<5}  LOG")
+        for name, node in result.nodes.items():
+            if node.error:
+                print(f"  {name:<12} {node.role:<7} unreachable: {node.error}")
+                continue
+            if not node.records:
+                extra = f" ({len(node.processes)} tagged process(es) without a record)" if node.processes else ""
+                print(f"  {name:<12} {node.role:<7} {'-':<8} {'-':>8}  {'-':<5}  nothing started{extra}")
+            for rec in node.records:
+                alive = "yes" if rec.get("alive") else "NO"
+                print(f"  {name:<12} {node.role:<7} {str(rec.get('role')):<8} {rec.get('pid')!s:>8}  {alive:<5}  {rec.get('log')}")
+    return {"serving": 0, "stopped": 0, "unreachable": int(ExitCode.UNREACHABLE)}.get(result.state, int(ExitCode.FAILED))
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from sparkctl.ops.down import down
+
+    inventory, playbook = _load(args, playbook="optional")
+    result = down(inventory, _reporter(args), playbook=playbook, grace_s=args.grace)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        if result.nothing_to_stop and result.clean:
+            print(f"cluster {result.cluster}: nothing to stop")
+        for name, node in result.nodes.items():
+            if node.error:
+                print(f"  {name}: NOT stopped, unreachable: {node.error}")
+            elif node.remaining:
+                pids = ", ".join(str(p["pid"]) for p in node.remaining)
+                print(f"  {name}: {len(node.remaining)} process(es) left after SIGKILL: {pids}")
+            elif node.stopped:
+                print(f"  {name}: stopped {len(node.stopped)} process(es); none left")
+            for port in node.ports_in_use:
+                print(f"  {name}: note: port {port['port']} is in use by pid {port['pid']} (not started by sparkctl)")
+        if result.clean and not result.nothing_to_stop:
+            print(f"cluster {result.cluster}: down; nothing left running")
+    if result.unreachable:
+        return int(ExitCode.UNREACHABLE)
+    return 0 if result.clean else int(ExitCode.FAILED)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from sparkctl.ops.logs import read_logs
+
+    inventory, _ = _load(args, playbook="none")
+    logs = read_logs(inventory, node=args.node, lines=args.lines)
+    if args.json:
+        _print_json({"cluster": inventory.cluster, "nodes": logs})
+        return 0
+    failed = False
+    for name, entry in logs.items():
+        if entry.get("error"):
+            print(f"== {name}: unreachable: {entry['error']}")
+            failed = True
+            continue
+        print(f"== {name}: {entry['path']}" + ("" if entry["exists"] else " (no log yet)"))
+        for line in entry["lines"]:
+            print(f"{name}: {line}")
+    return int(ExitCode.UNREACHABLE) if failed else 0
+
+
+# ----------------------------------------------------------------------------
+# parser
+# ----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    common.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
+    inv = argparse.ArgumentParser(add_help=False)
+    inv.add_argument("-i", "--inventory", help="inventory YAML (default: $SPARKCTL_INVENTORY)")
+    pb = argparse.ArgumentParser(add_help=False)
+    pb.add_argument("-p", "--playbook", help="playbook YAML (default: $SPARKCTL_PLAYBOOK)")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+    parser = argparse.ArgumentParser(
+        prog="sparkctl",
+        description="One vLLM endpoint across several DGX Spark machines, with measurements.",
+        epilog="exit codes: 0 ok, 1 failed, 2 bad input, 3 node unreachable, 4 deadline passed, 130 interrupted",
+    )
+    parser.add_argument("--version", action="version", version=f"sparkctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("validate", parents=[common, inv, pb], help="check an inventory (and playbook) without touching any node")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("exec", parents=[common, inv], help="run a command on every node in parallel")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per node (default 120)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    p.set_defaults(handler=cmd_exec)
+
+    p = sub.add_parser("up", parents=[common, inv, pb, quiet], help="start vLLM across the nodes and wait until it serves")
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("status", parents=[common, inv, pb], help="what sparkctl started, per node, and the endpoint's health")
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("down", parents=[common, inv, pb, quiet], help="stop everything sparkctl started and verify nothing is left")
+    p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")
+    p.set_defaults(handler=cmd_down)
+
+    p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
+    p.add_argument("--node", help="only this node")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines per node (default 50)")
+    p.set_defaults(handler=cmd_logs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except SparkctlError as error:
+        return _report_error(args, error)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - last resort: no traceback unless --debug
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        else:
+            sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)\n")
+        return int(ExitCode.FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The lifecycle operations behind the commands: up, status, down, exec."""

@@ -1,0 +1,104 @@
+"""`sparkctl status`: per node, what sparkctl started and whether it lives,
+plus the endpoint as a client sees it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparkctl.backends.common import record_dir, tag_prefix
+from sparkctl.inventory import Inventory
+from sparkctl.ops.nodes import Nodes
+from sparkctl.playbook import Playbook
+from sparkctl.remote.session import NodeSession
+from sparkctl.serve.endpoint import Endpoint
+from sparkctl.state import StateStore
+
+
+@dataclass
+class NodeStatus:
+    node: str
+    role: str
+    records: list[dict] = field(default_factory=list)
+    processes: list[dict] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.records) and all(r.get("alive") for r in self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, alive=self.alive)
+
+
+@dataclass
+class StatusResult:
+    cluster: str
+    state: str  # "serving" | "degraded" | "stopped" | "unreachable"
+    endpoint: str | None
+    health: int | None
+    models: list[str]
+    nodes: dict[str, NodeStatus]
+    recorded: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "state": self.state,
+            "endpoint": self.endpoint,
+            "health": self.health,
+            "models": self.models,
+            "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
+            "recorded": self.recorded,
+        }
+
+
+def status(inventory: Inventory, *, playbook: Playbook | None = None) -> StatusResult:
+    from sparkctl.ops.up import endpoint_url  # local: up imports a lot that status does not need
+
+    recorded = StateStore.for_cluster(inventory.cluster).load()
+    with NodeSession(inventory) as session:
+        outcomes = Nodes(inventory, session).call_all(
+            "status",
+            lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
+            timeout_s=30,
+        )
+    nodes: dict[str, NodeStatus] = {}
+    for node in inventory.nodes:
+        outcome = outcomes[node.name]
+        if outcome.error is not None:
+            nodes[node.name] = NodeStatus(node.name, node.role, error=str(outcome.error))
+            continue
+        reply = outcome.value or {}
+        nodes[node.name] = NodeStatus(
+            node.name,
+            node.role,
+            records=[_public(r) for r in reply.get("records", [])],
+            processes=reply.get("processes", []),
+            ports=reply.get("ports", []),
+        )
+    url = (recorded or {}).get("endpoint") or (endpoint_url(inventory, playbook) if playbook else None)
+    health: int | None = None
+    models: list[str] = []
+    if url and any(n.records for n in nodes.values()):
+        endpoint = Endpoint(url, timeout_s=5)
+        health = endpoint.health().status
+        if health == 200:
+            _, models = endpoint.model_ids()
+    return StatusResult(inventory.cluster, _overall(nodes, health), url, health, models, nodes, recorded)
+
+
+def _overall(nodes: dict[str, NodeStatus], health: int | None) -> str:
+    if any(n.error for n in nodes.values()):
+        return "unreachable"
+    if not any(n.records or n.processes for n in nodes.values()):
+        return "stopped"
+    if all(n.alive for n in nodes.values()) and health == 200:
+        return "serving"
+    return "degraded"
+
+
+def _public(record: dict) -> dict:
+    keep = ("role", "pid", "pgid", "alive", "log", "argv", "env_keys", "started_at", "tag", "hostname")
+    return {k: record.get(k) for k in keep}

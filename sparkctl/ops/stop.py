@@ -1,0 +1,74 @@
+"""Stop what sparkctl started on nodes, by tag and recorded pid, and verify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparkctl.backends.common import record_dir, tag_prefix
+from sparkctl.inventory import Inventory
+from sparkctl.ops.nodes import Nodes
+from sparkctl.progress import Reporter
+
+
+@dataclass
+class NodeStop:
+    node: str
+    stopped: list[dict] = field(default_factory=list)
+    killed: list[int] = field(default_factory=list)
+    remaining: list[dict] = field(default_factory=list)
+    ports_in_use: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    error: str | None = None
+    error_kind: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return self.error is None and not self.remaining
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__, clean=self.clean)
+
+
+def stop_all(
+    nodes: Nodes,
+    inventory: Inventory,
+    *,
+    grace_s: float,
+    ports: dict[str, list[int]],
+    reporter: Reporter,
+) -> dict[str, NodeStop]:
+    """SIGTERM each node's tagged processes (group-wise), SIGKILL after grace_s, then verify."""
+    outcomes = nodes.call_all(
+        "stop",
+        lambda n: {
+            "tag_prefix": tag_prefix(inventory.cluster, n),
+            "record_dir": record_dir(n, inventory.cluster),
+            "grace_s": grace_s,
+            "ports": ports.get(n.name, []),
+        },
+        timeout_s=grace_s + 60,
+    )
+    results: dict[str, NodeStop] = {}
+    for name, outcome in outcomes.items():
+        if outcome.error is not None:
+            kind = getattr(getattr(outcome.error, "kind", None), "value", None)
+            results[name] = NodeStop(name, error=str(outcome.error), error_kind=kind)
+            reporter.event(name, f"could not stop: {outcome.error}")
+            continue
+        reply = outcome.value or {}
+        result = NodeStop(
+            name,
+            stopped=reply.get("stopped", []),
+            killed=reply.get("killed", []),
+            remaining=reply.get("remaining", []),
+            ports_in_use=reply.get("in_use", []),
+            elapsed_s=reply.get("elapsed_s", 0.0),
+        )
+        results[name] = result
+        if result.stopped:
+            how = f", {len(result.killed)} needed SIGKILL" if result.killed else ""
+            reporter.event(name, f"stopped {len(result.stopped)} process(es) in {result.elapsed_s:.1f}s{how}")
+        if result.remaining:
+            reporter.event(name, f"{len(result.remaining)} process(es) survived SIGKILL")
+    return results

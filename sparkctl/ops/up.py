@@ -1,0 +1,335 @@
+"""`sparkctl up`: converge the cluster to "serving this playbook".
+
+Stages: validate -> observe what already runs -> preflight -> plan -> launch
+-> wait until really ready -> record. Running it again on a healthy cluster
+that serves the same plan starts nothing. On any failure (or Ctrl-C) the
+processes this run started are stopped before the error is raised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets as pysecrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_prefix
+from sparkctl.backends.mp import plan_mp
+from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
+from sparkctl.inventory import Inventory, Node
+from sparkctl.netplan import HostPlan, plan_network
+from sparkctl.ops.nodes import Nodes
+from sparkctl.ops.stop import stop_all
+from sparkctl.playbook import Playbook, check_against_inventory
+from sparkctl.progress import Reporter
+from sparkctl.remote.session import NodeSession
+from sparkctl.serve.endpoint import Endpoint
+from sparkctl.serve.readiness import wait_until_ready
+from sparkctl.state import StateStore
+
+
+@dataclass
+class UpResult:
+    outcome: str  # "started" | "already-up"
+    cluster: str
+    endpoint: str
+    served_model_name: str
+    backend: str
+    nodes: dict[str, Any] = field(default_factory=dict)
+    kv_cache: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    network_plan: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def endpoint_url(inventory: Inventory, playbook: Playbook) -> str:
+    """Where a client on the controller reaches the head's HTTP server."""
+    host = playbook.host
+    if host in {"0.0.0.0", "::", ""}:
+        host = inventory.head.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{playbook.port}"
+
+
+def plan_digest(spec: ProcessSpec) -> str:
+    """Identity of what a node runs: argv and (non-secret) environment."""
+    blob = json.dumps({"argv": spec.argv, "env": sorted(spec.env.items()), "forward": spec.forward_env})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def forwarded_secrets(playbook: Playbook, environ: Mapping[str, str]) -> dict[str, str]:
+    missing = [name for name in playbook.forward_env if not environ.get(name)]
+    if missing:
+        raise InputError(
+            f"forward_env names {', '.join(missing)}, but it is not set in this shell",
+            hint=f"export {missing[0]}=... before running sparkctl (the value goes to the nodes on stdin, never in argv or logs)",
+        )
+    return {name: environ[name] for name in playbook.forward_env}
+
+
+def up(
+    inventory: Inventory,
+    playbook: Playbook,
+    reporter: Reporter,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> UpResult:
+    environ = os.environ if environ is None else environ
+    problems = check_against_inventory(playbook, inventory)
+    if problems:
+        raise InputError("the playbook does not fit the inventory", details=problems)
+    if playbook.backend != "mp":
+        raise InputError(
+            f"backend {playbook.backend!r} is not available in this version of sparkctl",
+            hint="use backend: mp (vLLM's native multi-node launch)",
+        )
+    secrets = forwarded_secrets(playbook, environ)
+    store = StateStore.for_cluster(inventory.cluster)
+    started_at = time.monotonic()
+    with store.locked("up"), NodeSession(inventory) as session:
+        nodes = Nodes(inventory, session)
+        reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
+        facts = _preflight(nodes, inventory, playbook, reporter)
+        plans = plan_network(inventory, {name: f.get("interfaces", {}) for name, f in facts.items()})
+        specs = plan_mp(inventory, playbook, plans)
+        endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
+        current = _already_serving(nodes, inventory, specs, endpoint, playbook)
+        if current is not None:
+            reporter.event(None, f"already serving {playbook.served_model_name!r} at {endpoint.base_url}; nothing started")
+            result = _result("already-up", inventory, playbook, endpoint, current, plans)
+            previous = store.load() or {}
+            result.kv_cache = previous.get("kv_cache", {})
+            _save(store, inventory, playbook, result)
+            return result
+        _stop_leftovers(nodes, inventory, playbook, reporter)
+        _check_ports_free(nodes, inventory, specs)
+        launched: dict[str, dict] = {}
+        try:
+            launch_started = time.monotonic()
+            launched = _launch_all(nodes, inventory, specs, secrets, reporter)
+            launched_at = time.monotonic()
+            result = _result("started", inventory, playbook, endpoint, launched, plans)
+            _save(store, inventory, playbook, result)
+            ready = wait_until_ready(
+                nodes,
+                inventory,
+                specs,
+                endpoint,
+                playbook.served_model_name,
+                deadline=launched_at + playbook.ready_timeout_s,
+                reporter=reporter,
+                started_at=launched_at,
+            )
+        except KeyboardInterrupt:
+            reporter.event(None, "interrupted: stopping what this run started")
+            stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
+            store.clear()
+            raise Interrupted("interrupted; every process this run started has been stopped") from None
+        except SparkctlError:
+            if launched:
+                reporter.event(None, "start-up failed: stopping what this run started")
+                stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
+                store.clear()
+            raise
+        head_report = ready.watches[inventory.head.name].report
+        result.kv_cache = {
+            "tokens": head_report.kv_cache_tokens,
+            "device": head_report.kv_cache_device,
+            "max_concurrency": head_report.max_concurrency,
+            "tokens_per_request": head_report.max_concurrency_tokens,
+        }
+        assert ready.health_at is not None and ready.ready_at is not None
+        result.timings = {
+            "preflight_s": round(launch_started - started_at, 2),
+            "launch_s": round(launched_at - launch_started, 2),
+            "vllm_startup_s": round(ready.health_at - launched_at, 2),
+            "first_completion_s": round(ready.completion_s or 0.0, 2),
+            "total_s": round(ready.ready_at - started_at, 2),
+            "vllm_init_engine_s": head_report.init_engine_s or 0.0,
+        }
+        _save(store, inventory, playbook, result)
+        return result
+
+
+def _preflight(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> dict[str, dict]:
+    """Reach every node and confirm what `up` relies on; report every node's problems at once."""
+    command = playbook.vllm_command[0]
+    paths = [playbook.model] if playbook.model_is_path else []
+    outcomes = nodes.call_all("probe", lambda n: {"paths": paths, "commands": [command]}, timeout_s=60)
+    unreachable = [o.error for o in outcomes.values() if o.error is not None]
+    if unreachable:
+        first = unreachable[0]
+        if len(unreachable) == 1 and isinstance(first, SparkctlError):
+            raise first
+        raise OperationFailed(
+            f"{len(unreachable)} node(s) could not be reached",
+            details=[str(e) for e in unreachable],
+            hint=getattr(first, "hint", None),
+        )
+    problems: list[str] = []
+    for node in inventory.nodes:
+        facts = outcomes[node.name].value or {}
+        if facts.get("commands", {}).get(command) is None:
+            problems.append(f"{node.name}: vLLM command {command!r} not found (playbook vllm.command / vllm.python)")
+        for path in paths:
+            info = facts.get("paths", {}).get(path, {})
+            if not info.get("exists"):
+                problems.append(f"{node.name}: model directory {path} does not exist")
+            elif not info.get("has_config"):
+                problems.append(f"{node.name}: model directory {path} has no config.json")
+    if problems:
+        raise OperationFailed(
+            "preflight failed",
+            details=problems,
+            hint="every node needs vLLM and the model at the same absolute path",
+        )
+    reporter.event(None, "preflight ok: every node reachable, vLLM and the model present")
+    return {name: o.value or {} for name, o in outcomes.items()}
+
+
+def _already_serving(
+    nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec], endpoint: Endpoint, playbook: Playbook
+) -> dict[str, dict] | None:
+    """The running processes when every node runs exactly the planned command and the endpoint answers."""
+    outcomes = nodes.call_all(
+        "status",
+        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
+        timeout_s=30,
+    )
+    running: dict[str, dict] = {}
+    for spec in specs:
+        outcome = outcomes[spec.node]
+        if outcome.error is not None:
+            raise outcome.error
+        records = {r.get("role"): r for r in (outcome.value or {}).get("records", [])}
+        record = records.get(spec.role)
+        if record is None or not record.get("alive") or record.get("plan_digest") != plan_digest(spec):
+            return None
+        running[spec.node] = record
+    if endpoint.health().status != 200:
+        return None
+    _, ids = endpoint.model_ids()
+    return running if playbook.served_model_name in ids else None
+
+
+def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> None:
+    """Converge: whatever this cluster's tag still runs (half-dead, other plan) goes first."""
+    outcomes = nodes.call_all(
+        "status",
+        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
+        timeout_s=30,
+    )
+    leftovers = {name: o.value["processes"] for name, o in outcomes.items() if o.value and o.value.get("processes")}
+    if not leftovers:
+        return
+    summary = ", ".join(f"{name}: {len(p)} process(es)" for name, p in leftovers.items())
+    reporter.event(None, f"found processes of an earlier start that do not match this plan ({summary}); stopping them")
+    stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
+
+
+def _check_ports_free(nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec]) -> None:
+    wanted = {spec.node: list(spec.listen_ports) for spec in specs if spec.listen_ports}
+    if not wanted:
+        return
+    outcomes = nodes.call_all("probe", lambda n: {"ports": wanted.get(n.name, [])}, nodes=[inventory.node(n) for n in wanted])
+    problems = []
+    for name, outcome in outcomes.items():
+        if outcome.error is not None:
+            raise outcome.error
+        for hit in (outcome.value or {}).get("in_use", []):
+            owner = f"pid {hit['pid']} ({hit['cmdline'][:80]})" if hit.get("pid") else "a process sparkctl cannot see"
+            problems.append(f"{name}: port {hit['port']} is already in use by {owner}")
+    if problems:
+        raise OperationFailed(
+            "ports the cluster needs are taken",
+            details=problems,
+            hint="stop that process, or choose other ports with the playbook keys port / master_port",
+        )
+
+
+def _launch_all(
+    nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec], secrets: dict[str, str], reporter: Reporter
+) -> dict[str, dict]:
+    launch_id = f"{int(time.time())}-{pysecrets.token_hex(3)}"
+    by_node = {spec.node: spec for spec in specs}
+
+    def payload(node: Node) -> dict[str, Any]:
+        spec = by_node[node.name]
+        return {
+            "argv": list(spec.argv),
+            "env": {**spec.env, **{k: v for k, v in secrets.items() if k in spec.forward_env}},
+            "log": log_path(node, inventory.cluster, spec.role),
+            "record": f"{record_dir(node, inventory.cluster)}/{spec.role}.json",
+            "tag": f"{tag_prefix(inventory.cluster, node)}{launch_id}",
+            "role": spec.role,
+            "plan_digest": plan_digest(spec),
+        }
+
+    outcomes = nodes.call_all("launch", payload, nodes=[inventory.node(s.node) for s in specs])
+    launched = {name: o.value["process"] for name, o in outcomes.items() if o.value}
+    failures = {name: o.error for name, o in outcomes.items() if o.error is not None}
+    for name, process in launched.items():
+        reporter.event(name, f"started {by_node[name].role} pid {process['pid']} (log {process['log']})")
+    if failures:
+        if launched:
+            stop_all(nodes, inventory, grace_s=10, ports={}, reporter=reporter)
+        raise OperationFailed(
+            "vLLM could not be started on every node",
+            details=[str(error) for error in failures.values()],
+            hint=getattr(next(iter(failures.values())), "hint", None),
+        )
+    return launched
+
+
+def _result(
+    outcome: str,
+    inventory: Inventory,
+    playbook: Playbook,
+    endpoint: Endpoint,
+    processes: dict[str, dict],
+    plans: dict[str, HostPlan],
+) -> UpResult:
+    return UpResult(
+        outcome=outcome,
+        cluster=inventory.cluster,
+        endpoint=endpoint.base_url,
+        served_model_name=playbook.served_model_name,
+        backend=playbook.backend,
+        nodes={
+            name: {
+                "role": inventory.node(name).role,
+                "pid": proc.get("pid"),
+                "starttime": proc.get("starttime"),
+                "log": proc.get("log"),
+                "tag": proc.get("tag"),
+            }
+            for name, proc in processes.items()
+        },
+        network_plan={
+            name: {"address": p.address, "interface": p.interface, "master_addr": p.master_addr, "env": p.env, "why": p.why}
+            for name, p in plans.items()
+        },
+    )
+
+
+def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: UpResult) -> None:
+    store.save(
+        {
+            "inventory": os.path.abspath(inventory.path),
+            "playbook": os.path.abspath(playbook.path),
+            "backend": playbook.backend,
+            "endpoint": result.endpoint,
+            "served_model_name": result.served_model_name,
+            "outcome": result.outcome,
+            "nodes": result.nodes,
+            "listen_ports": {inventory.head.name: [playbook.port, playbook.master_port]},
+            "kv_cache": result.kv_cache,
+            "timings": result.timings,
+        }
+    )

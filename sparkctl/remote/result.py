@@ -1,0 +1,52 @@
+"""What running a command on a node gives back, and how it can fail."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sparkctl.errors import ConnectionFailed, DeadlineExceeded
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    node: str
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def text(self) -> str:
+        return self.stdout.decode("utf-8", "replace")
+
+    def error_text(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+
+class SshFailure(enum.Enum):
+    UNREACHABLE = "unreachable"
+    AUTH = "auth"
+    HOST_KEY_CHANGED = "host-key-changed"
+    HOST_KEY_UNKNOWN = "host-key-unknown"
+    TRANSIENT = "transient"
+    OTHER = "ssh-error"
+
+
+class NodeUnavailable(ConnectionFailed):
+    """The node could not be reached or logged into; carries the classified kind."""
+
+    def __init__(self, node: str, kind: SshFailure, message: str, *, hint: str | None = None):
+        super().__init__(f"{node}: {message}", hint=hint)
+        self.node = node
+        self.kind = kind
+
+
+class CommandTimeout(DeadlineExceeded):
+    def __init__(self, node: str, argv: tuple[str, ...], timeout_s: float):
+        super().__init__(f"{node}: command did not finish within {timeout_s:.0f}s: {argv[0]}")
+        self.node = node

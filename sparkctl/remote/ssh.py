@@ -1,0 +1,176 @@
+"""`connection: ssh`: commands over one paramiko connection per node.
+
+Host keys are always verified against known_hosts. `strict` refuses unknown
+hosts; `accept-new` records the key of a host seen for the first time (like
+OpenSSH's StrictHostKeyChecking=accept-new) and still refuses a changed one.
+Only failures classified as transient are retried, within a deadline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import shlex
+import threading
+import time
+from typing import Sequence
+
+import paramiko
+
+from sparkctl.inventory import Node, SshSettings
+from sparkctl.remote.base import keep_tail
+from sparkctl.remote.result import CommandResult, CommandTimeout, NodeUnavailable, SshFailure
+from sparkctl.remote.ssh_errors import classify_exception, hint_for
+
+
+class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """Record a first-seen host key in known_hosts; a changed key never reaches here."""
+
+    def __init__(self, known_hosts: str):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client, hostname, key):  # noqa: ANN001 (paramiko's signature)
+        os.makedirs(os.path.dirname(self.known_hosts) or ".", mode=0o700, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="utf-8") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+class _RejectUnknownPolicy(paramiko.MissingHostKeyPolicy):
+    def missing_host_key(self, client, hostname, key):  # noqa: ANN001
+        raise paramiko.SSHException(f"Server {hostname!r} not found in known_hosts")
+
+
+class SshRunner:
+    def __init__(self, node: Node, settings: SshSettings):
+        self.node = node
+        self.node_name = node.name
+        self.settings = settings
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------
+    def _connect_once(self) -> paramiko.SSHClient:
+        client = paramiko.SSHClient()
+        if os.path.exists(self.settings.known_hosts):
+            client.load_host_keys(self.settings.known_hosts)
+        if self.settings.host_key_policy == "accept-new":
+            client.set_missing_host_key_policy(_AcceptNewPolicy(self.settings.known_hosts))
+        else:
+            client.set_missing_host_key_policy(_RejectUnknownPolicy())
+        timeout = self.settings.connect_timeout_s
+        identity = self.settings.identity_file
+        try:
+            client.connect(
+                hostname=self.node.host,
+                port=self.node.port,
+                username=self.node.user,
+                key_filename=identity,
+                look_for_keys=identity is None,
+                allow_agent=True,
+                timeout=timeout,
+                banner_timeout=timeout,
+                auth_timeout=timeout,
+            )
+        except BaseException:
+            client.close()
+            raise
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)
+        return client
+
+    def _connected(self) -> paramiko.SSHClient:
+        with self._lock:
+            transport = self._client.get_transport() if self._client else None
+            if self._client is not None and transport is not None and transport.is_active():
+                return self._client
+            deadline = time.monotonic() + self.settings.retry_deadline_s
+            delay = 0.5
+            while True:
+                try:
+                    self._client = self._connect_once()
+                    return self._client
+                except (paramiko.SSHException, OSError, EOFError) as exc:
+                    classified = classify_exception(exc)
+                    if classified.retryable and time.monotonic() + delay < deadline:
+                        time.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
+                    raise self._unavailable(classified.kind, f"{classified.reason} ({_short(exc)})") from None
+
+    def _unavailable(self, kind: SshFailure, message: str) -> NodeUnavailable:
+        hint = hint_for(
+            kind,
+            host=self.node.host,
+            port=self.node.port,
+            user=self.node.user,
+            known_hosts=self.settings.known_hosts,
+        )
+        where = f"{self.node.user}@{self.node.host}:{self.node.port}"
+        return NodeUnavailable(self.node.name, kind, f"ssh {where}: {message}", hint=hint)
+
+    # -- commands -----------------------------------------------------------
+    def run(self, argv: Sequence[str], *, stdin: bytes | None = None, timeout_s: float = 60.0) -> CommandResult:
+        argv = tuple(argv)
+        command = shlex.join(argv)  # the only place a remote command line is built
+        client = self._connected()
+        started = time.monotonic()
+        transport = client.get_transport()
+        try:
+            assert transport is not None
+            channel = transport.open_session(timeout=self.settings.connect_timeout_s)
+        except (paramiko.SSHException, OSError, EOFError, AssertionError) as exc:
+            # The connection died between commands; one reconnect, then give up.
+            self.close()
+            client = self._connected()
+            transport = client.get_transport()
+            if transport is None:
+                raise self._unavailable(SshFailure.OTHER, f"cannot open a session ({_short(exc)})") from None
+            channel = transport.open_session(timeout=self.settings.connect_timeout_s)
+        try:
+            channel.exec_command(command)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            out, err = _drain(channel, started + timeout_s)
+            if out is None:
+                raise CommandTimeout(self.node.name, argv, timeout_s)
+            status = channel.recv_exit_status()
+        finally:
+            channel.close()
+        return CommandResult(self.node.name, argv, status, keep_tail(out), keep_tail(err or b""), time.monotonic() - started)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes | None, bytes | None]:
+    out = bytearray()
+    err = bytearray()
+    while True:
+        progressed = False
+        while channel.recv_ready():
+            out += channel.recv(65536)
+            progressed = True
+        while channel.recv_stderr_ready():
+            err += channel.recv_stderr(65536)
+            progressed = True
+        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            # Closed and drained (exit status arrives before the last data is read).
+            if channel.closed or channel.eof_received:
+                return bytes(out), bytes(err)
+        if time.monotonic() > deadline:
+            return None, None
+        if not progressed:
+            select.select([channel], [], [], 0.05)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,1 @@
+"""vLLM serving: endpoint checks, readiness, and log reading."""

@@ -1,0 +1,73 @@
+"""The OpenAI-compatible endpoint as a client sees it: health, models, one
+completion. Standard library only (urllib); an API key, when the playbook
+forwards one, goes in a header and nowhere else."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    status: int | None  # None: no HTTP answer at all (refused, timed out)
+    body: bytes
+    error: str | None
+    elapsed_s: float
+
+    def json(self) -> object:
+        return json.loads(self.body.decode("utf-8"))
+
+
+class Endpoint:
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, payload: object | None = None, *, timeout_s: float | None = None) -> HttpReply:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s or self.timeout_s) as response:
+                return HttpReply(response.status, response.read(), None, time.monotonic() - started)
+        except urllib.error.HTTPError as exc:
+            return HttpReply(exc.code, exc.read() or b"", f"HTTP {exc.code}", time.monotonic() - started)
+        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return HttpReply(None, b"", str(reason), time.monotonic() - started)
+
+    def health(self) -> HttpReply:
+        return self.request("GET", "/health")
+
+    def model_ids(self) -> tuple[HttpReply, list[str]]:
+        reply = self.request("GET", "/v1/models")
+        ids: list[str] = []
+        if reply.status == 200:
+            try:
+                ids = [entry["id"] for entry in reply.json()["data"]]  # type: ignore[index]
+            except (ValueError, KeyError, TypeError):
+                pass
+        return reply, ids
+
+    def complete(self, model: str, prompt: str = "Hello", max_tokens: int = 4, timeout_s: float = 120.0) -> HttpReply:
+        payload = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        return self.request("POST", "/v1/completions", payload, timeout_s=timeout_s)
+
+    def chat(self, model: str, message: str, max_tokens: int = 32, timeout_s: float = 120.0) -> HttpReply:
+        payload = {
+            "model": model,
+            "messages": [{"role": "user", "content": message}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
+        return self.request("POST", "/v1/chat/completions", payload, timeout_s=timeout_s)
