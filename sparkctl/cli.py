@@ -133,7 +133,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if r.error is not None:
-                print(f"== {r.node}: unreachable: {r.error}")
+                what = "unreachable" if r.unreachable else "failed"
+                print(f"== {r.node}: {what}: {r.error}")
                 continue
             print(f"== {r.node}: exit {r.returncode} ({r.duration_s:.2f}s)")
             for line in r.stdout.splitlines():
@@ -142,7 +143,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
                 print(f"{r.node} [stderr]: {line}")
         ok = sum(1 for r in results if r.returncode == 0)
         print(f"{ok}/{len(results)} node(s) exited 0", file=sys.stderr)
-    if any(r.error is not None for r in results):
+    if any(r.unreachable for r in results):
         return int(ExitCode.UNREACHABLE)
     return 0 if all(r.returncode == 0 for r in results) else int(ExitCode.FAILED)
 

@@ -15,9 +15,18 @@ from sparkctl.remote.base import Runner
 
 RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
 
+# Node-side modules (standard library only), by the name they get on the node.
+NODE_MODULES = {
+    "sparkctl_node_agent": "node_agent.py",
+    "sparkctl_node_facts": "node_facts.py",
+}
+
+# Installs the shipped modules (dependencies first, the agent last) and answers the request.
 BOOTSTRAP = (
-    "import sys,json;d=json.loads(sys.stdin.readline());"
-    "exec(compile(d['src'],'sparkctl_agent','exec'),{'__name__':'sparkctl_agent','REQUEST':d['req']})"
+    "import sys,json,types;d=json.loads(sys.stdin.readline())\n"
+    "for n,s in d['mods']:\n"
+    " m=types.ModuleType(n);sys.modules[n]=m;exec(compile(s,n,'exec'),m.__dict__)\n"
+    "sys.modules['sparkctl_node_agent'].respond(d['req'])"
 )
 
 
@@ -29,14 +38,29 @@ class AgentError(OperationFailed):
 
 
 @functools.cache
-def agent_source() -> str:
-    return resources.files("sparkctl.agent").joinpath("node_agent.py").read_text(encoding="utf-8")
+def module_source(name: str) -> str:
+    return resources.files("sparkctl.agent").joinpath(NODE_MODULES[name]).read_text(encoding="utf-8")
 
 
-def call_agent(runner: Runner, node: Node, op: str, *, timeout_s: float = 60.0, **payload: Any) -> dict:
-    """Run one agent operation on a node and return its result (raising on failure)."""
+def _modules(extra: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(name, module_source(name)) for name in (*extra, "sparkctl_node_agent")]
+
+
+def call_agent(
+    runner: Runner,
+    node: Node,
+    op: str,
+    *,
+    timeout_s: float = 60.0,
+    modules: tuple[str, ...] = (),
+    **payload: Any,
+) -> dict:
+    """Run one agent operation on a node and return its result (raising on failure).
+
+    `modules` names extra node-side modules (keys of NODE_MODULES) that the
+    operation needs; they are shipped with the agent on stdin."""
     request = {"op": op, **payload}
-    stdin = (json.dumps({"src": agent_source(), "req": request}) + "\n").encode()
+    stdin = (json.dumps({"mods": _modules(modules), "req": request}) + "\n").encode()
     result = runner.run([node.python, "-c", BOOTSTRAP], stdin=stdin, timeout_s=timeout_s)
     reply = _parse_reply(result.text())
     if reply is None:

@@ -1,7 +1,8 @@
 """sparkctl's node agent: runs ON a node, standard library only (Python >= 3.8).
 
-The controller sends this file's source and one JSON request on stdin to
-`python3 -c BOOTSTRAP` (see client.py), so nothing has to be installed on the
+The controller sends this file's source (and any other node-side module an
+operation needs) with one JSON request on stdin to `python3 -c BOOTSTRAP`
+(see client.py), so nothing has to be installed on the
 nodes and no value from an inventory or playbook ever appears in a command
 line: environment values (tokens included) travel on stdin.
 
@@ -445,7 +446,7 @@ def op_exec(req):
         return {"ok": True, "rc": code, "stdout": "", "stderr": "%s: %s\n" % (req["argv"][0], exc.strerror),
                 "duration_s": 0.0}
     try:
-        out, err = proc.communicate(timeout=req.get("timeout_s"))
+        out, err = proc.communicate(timeout=req.get("command_timeout_s"))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
@@ -499,12 +500,22 @@ def op_probe(req):
     }
 
 
+def op_facts(req):
+    """Everything `sparkctl check` needs to know about this node (see node_facts.py)."""
+    try:
+        import sparkctl_node_facts as facts  # shipped by the controller with this op
+    except ImportError:  # running inside the package (tests)
+        from sparkctl.agent import node_facts as facts
+    return facts.gather(req)
+
+
 OPS = {
     "launch": op_launch,
     "status": op_status,
     "stop": op_stop,
     "exec": op_exec,
     "probe": op_probe,
+    "facts": op_facts,
 }
 
 
@@ -526,5 +537,3 @@ def respond(request):
     sys.stdout.flush()
 
 
-if __name__ == "sparkctl_agent":
-    respond(REQUEST)  # noqa: F821 - injected by the bootstrap

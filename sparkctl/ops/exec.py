@@ -7,6 +7,7 @@ from typing import Any
 
 from sparkctl.inventory import Inventory
 from sparkctl.ops.nodes import Nodes
+from sparkctl.remote.result import NodeUnavailable
 from sparkctl.remote.session import NodeSession
 
 
@@ -19,6 +20,7 @@ class NodeExec:
     duration_s: float
     error: str | None = None
     error_kind: str | None = None
+    unreachable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -28,7 +30,7 @@ def exec_all(inventory: Inventory, argv: list[str], *, timeout_s: float) -> list
     with NodeSession(inventory) as session:
         outcomes = Nodes(inventory, session).call_all(
             "exec",
-            lambda n: {"argv": argv, "env": inventory.node_env(n), "timeout_s": timeout_s},
+            lambda n: {"argv": argv, "env": inventory.node_env(n), "command_timeout_s": timeout_s},
             timeout_s=timeout_s + 30,
         )
     results = []
@@ -36,7 +38,10 @@ def exec_all(inventory: Inventory, argv: list[str], *, timeout_s: float) -> list
         outcome = outcomes[node.name]
         if outcome.error is not None:
             kind = getattr(getattr(outcome.error, "kind", None), "value", None)
-            results.append(NodeExec(node.name, None, "", "", 0.0, error=str(outcome.error), error_kind=kind))
+            results.append(
+                NodeExec(node.name, None, "", "", 0.0, error=str(outcome.error), error_kind=kind,
+                         unreachable=isinstance(outcome.error, NodeUnavailable))
+            )
             continue
         reply = outcome.value or {}
         results.append(

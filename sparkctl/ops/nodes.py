@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from sparkctl.agent.client import call_agent
+from sparkctl.errors import SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.remote.session import NodeSession, Outcome, fan_out
 
@@ -14,8 +15,8 @@ class Nodes:
         self.inventory = inventory
         self.session = session
 
-    def call(self, node: Node, op: str, *, timeout_s: float = 60.0, **payload: Any) -> dict:
-        return call_agent(self.session.runner(node), node, op, timeout_s=timeout_s, **payload)
+    def call(self, node: Node, op: str, *, timeout_s: float = 60.0, modules: tuple[str, ...] = (), **payload: Any) -> dict:
+        return call_agent(self.session.runner(node), node, op, timeout_s=timeout_s, modules=modules, **payload)
 
     def call_all(
         self,
@@ -24,7 +25,15 @@ class Nodes:
         *,
         nodes: Iterable[Node] | None = None,
         timeout_s: float = 60.0,
+        modules: tuple[str, ...] = (),
     ) -> dict[str, Outcome[dict]]:
-        """The same operation on many nodes at once; every node's outcome is returned."""
+        """The same operation on many nodes at once; every node's outcome is returned.
+
+        Node failures (SparkctlError: unreachable, agent errors, timeouts) are
+        outcomes; anything else is a bug and is raised, not reported per node."""
         targets = list(nodes) if nodes is not None else list(self.inventory.nodes)
-        return fan_out(targets, lambda node: self.call(node, op, timeout_s=timeout_s, **payload(node)))
+        outcomes = fan_out(targets, lambda node: self.call(node, op, timeout_s=timeout_s, modules=modules, **payload(node)))
+        for outcome in outcomes.values():
+            if outcome.error is not None and not isinstance(outcome.error, SparkctlError):
+                raise outcome.error
+        return outcomes
