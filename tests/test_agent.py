@@ -1,0 +1,188 @@
+"""The node agent, run for real through the local runner: detached launch,
+status by pid + start time, stop by tag (SIGTERM then SIGKILL), exec, and
+secrets kept out of argv."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sparkctl.agent import node_agent
+from sparkctl.agent.client import AgentError, call_agent
+from sparkctl.inventory import Node
+from sparkctl.remote.local import LocalRunner
+
+
+def make_node(name: str = "n1") -> Node:
+    return Node(name=name, host="127.0.0.1", port=22, user="root", connection="local", fabric_ip=None,
+                role="head", env={}, python=sys.executable, workdir="~/.sparkctl", gpus=1, index=0)
+
+
+@pytest.fixture
+def agent(tmp_path):
+    node = make_node()
+    runner = LocalRunner(node.name)
+    prefix = f"test-{os.getpid()}-{tmp_path.name}/n1/"
+    started: list[int] = []
+
+    def call(op: str, **payload):
+        reply = call_agent(runner, node, op, **payload)
+        if op == "launch" and reply.get("ok"):
+            started.append(reply["process"]["pid"])
+        return reply
+
+    call.prefix = prefix  # type: ignore[attr-defined]
+    call.tmp = tmp_path  # type: ignore[attr-defined]
+    yield call
+    # Never leave a test process behind, even when the test failed half-way.
+    call_agent(runner, node, "stop", tag_prefix=prefix, grace_s=1)
+    for pid in started:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def launch(agent, argv, *, env=None, role="proc", launch_id="1"):
+    return agent(
+        "launch",
+        argv=argv,
+        env=env or {},
+        log=str(agent.tmp / f"{role}.log"),
+        record=str(agent.tmp / "procs" / f"{role}.json"),
+        tag=agent.prefix + launch_id,
+        role=role,
+    )
+
+
+def test_launch_detaches_into_its_own_session_and_logs(agent):
+    reply = launch(agent, [sys.executable, "-c", "import os,time; print('hello', os.getsid(0), flush=True); time.sleep(60)"])
+    proc = reply["process"]
+    pid = proc["pid"]
+    assert proc["pgid"] == pid and os.getpgid(pid) == pid and os.getsid(pid) == pid
+    assert os.getsid(pid) != os.getsid(0)  # not in the controller's session: Ctrl-C does not reach it
+    deadline = time.time() + 10
+    log = Path(proc["log"])
+    while time.time() < deadline and "hello" not in log.read_text():
+        time.sleep(0.05)
+    assert f"hello {pid}" in log.read_text()
+    record = json.loads((agent.tmp / "procs" / "proc.json").read_text())
+    assert record["pid"] == pid and record["starttime"] == node_agent.proc_stat(pid)[3]
+
+
+def test_secret_values_travel_in_the_environment_not_argv(agent):
+    reply = launch(agent, ["sleep", "30"], env={"HF_TOKEN": "hf_secret_value", "PLAIN": "1"})
+    pid = reply["process"]["pid"]
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    environ = Path(f"/proc/{pid}/environ").read_bytes()
+    assert b"hf_secret_value" not in cmdline
+    assert b"HF_TOKEN=hf_secret_value" in environ
+    assert (agent.prefix + "1").encode() in environ
+    record = (agent.tmp / "procs" / "proc.json").read_text()
+    assert "hf_secret_value" not in record and "HF_TOKEN" in record  # only the name is recorded
+
+
+def test_status_sees_alive_then_dead_and_detects_pid_reuse(agent):
+    pid = launch(agent, ["sleep", "30"])["process"]["pid"]
+    status = agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"))
+    (record,) = status["records"]
+    assert record["alive"] is True and [p["pid"] for p in status["processes"]] == [pid]
+    # Same pid, other start time: a reused pid must not count as ours.
+    path = agent.tmp / "procs" / "proc.json"
+    data = json.loads(path.read_text())
+    data["starttime"] -= 1
+    path.write_text(json.dumps(data))
+    assert agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"))["records"][0]["alive"] is False
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 5
+    while time.time() < deadline and node_agent.is_alive(pid, data["starttime"] + 1):
+        time.sleep(0.05)  # init reaps it: the agent that forked it has exited
+    status = agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"))
+    assert status["processes"] == [] and status["records"][0]["alive"] is False
+
+
+def test_stop_escalates_to_sigkill_and_spares_untagged_processes(agent):
+    stubborn = launch(
+        agent,
+        [sys.executable, "-c", "import signal,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"],
+    )["process"]["pid"]
+    child_parent = launch(
+        agent,
+        ["sh", "-c", "sleep 60 & sleep 60 & wait"],
+        role="family",
+        launch_id="2",
+    )["process"]["pid"]
+    bystander = subprocess.Popen(["sleep", "60"])  # same user, no tag
+    try:
+        time.sleep(0.5)  # let the stubborn one install its handler
+        result = agent("stop", tag_prefix=agent.prefix, grace_s=1.0, record_dir=str(agent.tmp / "procs"))
+        assert result["ok"] and result["remaining"] == []
+        stopped = {p["pid"] for p in result["stopped"]}
+        assert {stubborn, child_parent} <= stopped and len(stopped) == 4  # the shell's two sleeps too
+        assert stubborn in result["killed"]
+        assert bystander.poll() is None  # untouched
+        assert not (agent.tmp / "procs" / "proc.json").exists()
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_stop_with_nothing_running_is_success(agent):
+    result = agent("stop", tag_prefix=agent.prefix, grace_s=1.0)
+    assert result["ok"] and result["stopped"] == [] and result["remaining"] == []
+
+
+def test_launch_of_missing_command_is_an_error(agent):
+    with pytest.raises(AgentError) as caught:
+        launch(agent, ["definitely-not-a-command-xyz"])
+    assert caught.value.kind == "command-not-found"
+
+
+def test_exec_passes_env_and_reports_exit_code(agent):
+    reply = agent("exec", argv=["sh", "-c", "printf '%s' \"$FOO\"; echo err >&2; exit 7"], env={"FOO": "a b;c"})
+    assert (reply["rc"], reply["stdout"], reply["stderr"]) == (7, "a b;c", "err\n")
+    assert agent("exec", argv=["no-such-binary-xyz"])["rc"] == 127
+    timed = agent("exec", argv=["sleep", "5"], command_timeout_s=0.3)
+    assert timed["rc"] == 124 and timed["timed_out"]
+
+
+def test_status_reads_logs_incrementally(agent):
+    proc = launch(agent, ["sh", "-c", "echo one; sleep 0.3; echo two; sleep 30"])["process"]
+    time.sleep(0.1)
+    first = agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"),
+                  logs=[{"path": proc["log"], "offset": 0}])["logs"][0]
+    time.sleep(0.6)
+    second = agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"),
+                   logs=[{"path": proc["log"], "offset": first["offset"]}])["logs"][0]
+    assert first["data"] == "one\n" and second["data"] == "two\n"
+
+
+def test_ports_in_use_names_the_listener(agent):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    try:
+        reply = agent("probe", ports=[port, 1])
+        (hit,) = reply["in_use"]
+        assert hit["port"] == port and hit["pid"] == os.getpid()
+    finally:
+        sock.close()
+    assert agent("probe", ports=[port])["in_use"] == []
+
+
+def test_agent_reports_missing_interpreter():
+    node = make_node()
+    node = Node(**{**node.__dict__, "python": "/nonexistent/python3"})
+    with pytest.raises(AgentError) as caught:
+        call_agent(LocalRunner(node.name), node, "probe")
+    assert "not found on the node" in caught.value.message and "nodes[].python" in caught.value.hint
