@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import traceback
@@ -302,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
+    # paramiko logs tracebacks from its transport thread; they are noise unless debugging.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if getattr(args, "debug", False) else logging.CRITICAL + 1)
     try:
         return handler(args)
     except SparkctlError as error:

