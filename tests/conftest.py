@@ -62,3 +62,27 @@ def sparkctl(*args: str, env: dict[str, str] | None = None, timeout: float = 900
         timeout=timeout,
         cwd=REPO,
     )
+
+
+@pytest.fixture
+def make_vcluster(tmp_path):
+    """Start virtual clusters (network namespaces + real sshd); all are torn down
+    after the test, whether it passed or failed."""
+    from tests.vcluster import VirtualCluster
+
+    clusters = []
+
+    def make(n_nodes: int, **kwargs):
+        cluster = VirtualCluster(n_nodes, tmp_path / f"vc{len(clusters)}", **kwargs)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield make
+    errors = []
+    for cluster in reversed(clusters):
+        try:
+            cluster.stop()
+        except Exception as exc:  # noqa: BLE001 - stop every cluster, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
