@@ -1,0 +1,593 @@
+"""Read `NCCL_DEBUG=INFO` logs the way users paste them, and say which transport
+NCCL really used, on which RDMA devices, with which GIDs and MTU, and what is
+wrong with that.
+
+Pure functions over text: no I/O, no printing. The line formats are NCCL's own
+INFO/WARN strings (shared/reference/spark-networking.md §3.10 and §6); the
+judgements come from the failure modes in §5 of the same document.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# NCCL prints the verbs path-MTU enum; people think in bytes.
+MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
+
+_LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
+# Intra-node paths, most capable first: used when no inter-node path is in the log.
+_INTRA_RANK = ("nvls", "p2p", "shm")
+
+# ---------------------------------------------------------------- line cleaning
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
+# Process tags that vLLM/Ray put in front of worker output.
+_WRAPPER = re.compile(r"^\s*\([^()]*\bpid=\d+[^()]*\)\s*")
+_RAY_REPEAT = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
+_OMITTED = re.compile(r"^\s*\[\s*(?:\.\.\.|…)[^\]]*\bomitted\b")
+# host:pid:tid [cudaDev] [file.cc:line ]NCCL LEVEL  (searched anywhere: timestamps,
+# mpirun `[1,0]<stdout>:` tags and wrappers may come first).
+_PREFIX = re.compile(
+    r"(?P<host>[^\s:()\[\]|]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] (?:\S+:\d+ )?"
+    r"NCCL (?P<level>INFO|WARN|TRACE|ABORT)\b ?"
+)
+_BARE = re.compile(r"\bNCCL (?P<level>INFO|WARN)\b:? ?")
+
+# ---------------------------------------------------------------- NCCL messages
+_VERSION = re.compile(r"\bNCCL version (\d+\.\d+\.\d+(?:\+[\w.]+)?)")
+_CUDA_DRIVER = re.compile(r"^cudaDriverVersion (\d+)")
+_ENV = re.compile(r"^(NCCL_\w+) set (?:by environment )?to ?(.*?)\.?$")
+_USING_NETWORK = re.compile(r"^Using network (\S.*?)\s*$")
+_PLUGIN_NAME = re.compile(r"^(?:Initialized|Assigned) NET plugin (\S+)|^P2P plugin (\S+)")
+_NET_USING = re.compile(r"^NET/(?P<net>IB\w*|Socket)\s*:\s*Using\b(?P<rest>.*)$")
+_IB_ITEM = re.compile(r"\[(\d+)\]([^\s:\[\]]+):(\d+)/(\w+)")
+_SOCKET_ITEM = re.compile(r"\[(\d+)\]([^\s:\[\]]+):")
+_OOB = re.compile(r";\s*OOB\s+(\S+?)(?:<\d+>)?\s*$")
+_BOOTSTRAP = re.compile(r"^Bootstrap\s*:\s*Using\s+(?:\[\d+\])?(\S+?)(?:<\d+>)?\s*$")
+_IB_DEV = re.compile(r"^NET/IB\s*:\s*\[\d+\]\s*([^\s:]+):uverbs\d+:\d+/\w+")
+_VIRTUAL_DEV = re.compile(r"Made virtual device \[(\d+)\] name=(\S+)")
+_IB_NONE = re.compile(r"^NET/IB\s*:\s*No device found")
+_GDR_HCA = re.compile(r"GPU Direct RDMA (Disabled|Enabled) for HCA (\d+) '([^']*)'")
+_GDR_FLAG = re.compile(r"\bGDR ([01])\b")
+_CHANNEL = re.compile(
+    r"\bvia (?P<path>NET/[^/\s]+(?:/\d+)?|P2P/(?:direct pointer|common device|\w+)|SHM/[\w/]+)"
+    r"(?P<rest>\S*)"
+)
+_COMM = re.compile(
+    r"\bcomm (?:0x)?[0-9a-fA-F]+ rank (\d+) n[Rr]anks (\d+)(?: nNodes (\d+))?(?: localRanks (\d+))?"
+)
+_NVLS_CHANNELS = re.compile(r"\b(\d+) nvls channels")
+_NVLINK = re.compile(r"\bNVLink\b")
+_INIT_TOTAL = re.compile(r"^Init timings\b.*?\btotal ([\d.]+)")
+_QP = re.compile(
+    r"^NET/IB\s*:\s*(?:NCCL (?:Merged)?Dev|Dev) (\d+) (?:IbDev (\d+) )?Port (\d+) qpn (\d+) mtu (\d+) "
+    r"(?:GID (-?\d+) \(([0-9A-Fa-f]+)/([0-9A-Fa-f]+)\)|LID \d+)"
+)
+# Verbs failures NCCL reports; also matched on un-prefixed lines because torch
+# re-prints NCCL's last error ("Last error: NET/IB : Got completion ...").
+_IB_ERROR = re.compile(r"NET/IB\s*:?\s*Got completion|\bibv_\w+ failed|\bIBV_WC_\w+_ERR\b")
+_PLUGIN_FAIL = re.compile(
+    r"^NET/Plugin\b.*(?:[Ff]ail|undefined symbol|unsupported|not supported|[Uu]nable)"
+    r"|^NET/OFI\b.*\b(?:[Ff]ailed|[Uu]nable)\b"
+    r"|Failed to initialize NET plugin|External network plugin \S+ is unsupported"
+)
+# Messages printed while NCCL merely probes for an optional plugin.
+_PLUGIN_PROBE = re.compile(
+    r"Failed to find nccl(?:Coll)?NetPlugin_v\d+ symbol|Could not find|No plugin found|No such file"
+)
+_SPARK_HCA = re.compile(r"^roce(p1|P2p1)s0f(\d)$")
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    level: str  # "error" | "warning" | "info"
+    message: str
+    evidence: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "level": self.level, "message": self.message, "evidence": self.evidence}
+
+
+@dataclass(frozen=True)
+class QueuePair:
+    """One `NET/IB: NCCL Dev .. qpn .. mtu .. GID ..` line: what a connection really negotiated."""
+
+    host: str | None
+    dev: int
+    ibdev: int
+    port: int
+    qpn: int
+    mtu_code: int
+    mtu_bytes: int | None
+    gid_index: int | None
+    gid_raw: str | None
+    gid: str | None
+    link_local: bool
+    device: str | None
+    line: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.host, "dev": self.dev, "ibdev": self.ibdev, "port": self.port, "qpn": self.qpn,
+            "mtu_code": self.mtu_code, "mtu_bytes": self.mtu_bytes, "gid_index": self.gid_index,
+            "gid_raw": self.gid_raw, "gid": self.gid, "link_local": self.link_local, "device": self.device,
+        }
+
+
+@dataclass
+class NcclLogReport:
+    transport: str = "unknown"  # ib | socket | nvls | p2p | shm | unknown
+    transports_seen: list[str] = field(default_factory=list)
+    network: str | None = None  # the NET NCCL selected: "ib" | "socket" | "other"
+    net_plugin: str | None = None
+    link_layer: str | None = None  # RoCE | IB
+    devices: list[str] = field(default_factory=list)
+    ib_devices: list[str] = field(default_factory=list)
+    socket_devices: list[str] = field(default_factory=list)
+    oob_interface: str | None = None
+    bootstrap_interface: str | None = None
+    nccl_version: str | None = None
+    nccl_versions: list[str] = field(default_factory=list)
+    cuda_driver_version: int | None = None
+    hosts: list[str] = field(default_factory=list)
+    ranks: list[int] = field(default_factory=list)
+    nranks: int | None = None
+    nnodes: int | None = None
+    local_ranks: int | None = None
+    qps: list[QueuePair] = field(default_factory=list)
+    channels: dict[str, int] = field(default_factory=dict)
+    nvls_channels: int | None = None
+    gdr: bool | None = None
+    init_time_s: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    truncated: bool = False
+    findings: list[Finding] = field(default_factory=list)
+
+    def codes(self) -> list[str]:
+        return [f.code for f in self.findings]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transport": self.transport,
+            "transports_seen": list(self.transports_seen),
+            "network": self.network,
+            "net_plugin": self.net_plugin,
+            "link_layer": self.link_layer,
+            "devices": list(self.devices),
+            "ib_devices": list(self.ib_devices),
+            "socket_devices": list(self.socket_devices),
+            "oob_interface": self.oob_interface,
+            "bootstrap_interface": self.bootstrap_interface,
+            "nccl_version": self.nccl_version,
+            "nccl_versions": list(self.nccl_versions),
+            "cuda_driver_version": self.cuda_driver_version,
+            "hosts": list(self.hosts),
+            "ranks": list(self.ranks),
+            "nranks": self.nranks,
+            "nnodes": self.nnodes,
+            "local_ranks": self.local_ranks,
+            "qps": [q.to_dict() for q in self.qps],
+            "channels": dict(self.channels),
+            "nvls_channels": self.nvls_channels,
+            "gdr": self.gdr,
+            "init_time_s": self.init_time_s,
+            "env": dict(self.env),
+            "warnings": list(self.warnings),
+            "truncated": self.truncated,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+@dataclass(frozen=True)
+class _Line:
+    host: str | None
+    level: str | None  # INFO/WARN/...; None when NCCL did not prefix the line
+    msg: str
+
+
+def _lines(text: str) -> tuple[list[_Line], bool]:
+    """Split pasted text into NCCL messages; returns (lines, saw an 'omitted' marker)."""
+    cleaned: list[str] = []
+    for physical in text.splitlines():  # handles \n, \r\n and lone \r
+        line = _ANSI.sub("", physical)
+        while (m := _WRAPPER.match(line)) is not None:
+            line = line[m.end():]
+        cleaned.append(line.strip())
+    # The first prefix on a line cannot be glued to an earlier message, so its host is
+    # trusted; it tells where a glued prefix really begins ("...network IBspark-a1:88:88 [0]").
+    clean_hosts = {m["host"] for line in cleaned if (m := _PREFIX.search(line)) is not None}
+    out: list[_Line] = []
+    truncated = False
+    for line in cleaned:
+        if not line:
+            continue
+        if _OMITTED.match(line):
+            truncated = True
+            continue
+        starts = [(m.start() + (_glue_offset(m["host"], clean_hosts) if i else 0), m)
+                  for i, m in enumerate(_PREFIX.finditer(line))]
+        if starts:
+            # Ranks writing to one terminal can glue two messages onto one line.
+            for i, (begin, m) in enumerate(starts):
+                end = starts[i + 1][0] if i + 1 < len(starts) else len(line)
+                host = m["host"][begin - m.start():]
+                out.append(_Line(host, m["level"], _tidy(line[m.end():end])))
+            continue
+        bare = _BARE.search(line)
+        if bare is not None:
+            out.append(_Line(None, bare["level"], _tidy(line[bare.end():])))
+        else:
+            out.append(_Line(None, None, _tidy(line)))
+    return out, truncated
+
+
+def _glue_offset(host: str, clean_hosts: set[str]) -> int:
+    """How many leading characters of a later prefix's host belong to the previous message."""
+    if host in clean_hosts:
+        return 0
+    for known in sorted(clean_hosts, key=len, reverse=True):
+        if host.endswith(known):
+            return len(host) - len(known)
+    return 0
+
+
+def _add_version(seq: list[str], version: str) -> None:
+    """torch prints "NCCL version 2.28.9" for NCCL's "2.28.9+cuda13.0": one version, not two."""
+    base = version.split("+")[0]
+    for i, seen in enumerate(seq):
+        if seen.split("+")[0] == base:
+            if "+" in version and "+" not in seen:
+                seq[i] = version
+            return
+    seq.append(version)
+
+
+def _tidy(msg: str) -> str:
+    return _RAY_REPEAT.sub("", msg).strip()
+
+
+def _add(seq: list, item: Any) -> None:
+    if item is not None and item not in seq:
+        seq.append(item)
+
+
+def _decode_gid(subnet_hex: str, iid_hex: str) -> tuple[str | None, bool]:
+    """NCCL prints the two 64-bit halves of the GID as little-endian integers."""
+    try:
+        raw = int(subnet_hex, 16).to_bytes(8, "little") + int(iid_hex, 16).to_bytes(8, "little")
+    except OverflowError:
+        return None, False
+    addr = ipaddress.IPv6Address(raw)
+    text = f"::ffff:{addr.ipv4_mapped}" if addr.ipv4_mapped is not None else str(addr)
+    return text, addr.is_link_local
+
+
+def _channel_kind(path: str) -> str:
+    if path.startswith("NET/IB"):  # IB, IBext, IBext_v10
+        return "ib"
+    if path.startswith("NET/Socket"):
+        return "socket"
+    if path.startswith("NET/"):
+        return "net"
+    return "p2p" if path.startswith("P2P/") else "shm"
+
+
+def _network_of(name: str) -> str:
+    return "ib" if name.upper().startswith("IB") else "socket" if name.lower() == "socket" else "other"
+
+
+def parse_nccl_log(text: str) -> NcclLogReport:
+    """Parse an NCCL_DEBUG=INFO log (any mix of ranks, wrappers and noise)."""
+    lines, truncated = _lines(text)
+    r = NcclLogReport(truncated=truncated)
+    ev: dict[str, str] = {}  # first line that proves each fact, for messages
+    net_names: list[str] = []  # from "Using network X" / "Assigned NET plugin X"
+    init_names: list[str] = []  # from "Initialized NET plugin X" / "P2P plugin X"
+    data_kinds: list[str] = []
+    dev_names: dict[int, str] = {}
+    gdr_seen: list[bool] = []
+    ib_errors: list[str] = []
+    plugin_failures: list[str] = []
+    other_warns: list[str] = []
+    qp_seen: dict[tuple, tuple[str | None, re.Match[str], str]] = {}
+
+    for ln in lines:
+        msg = ln.msg
+        _add(r.hosts, ln.host)
+        if (m := _VERSION.search(msg)) is not None:
+            _add_version(r.nccl_versions, m[1])
+        if ln.level is None:
+            if _IB_ERROR.search(msg):
+                ib_errors.append(msg)
+            continue
+        plugin_failed = bool(_PLUGIN_FAIL.search(msg)) and not _PLUGIN_PROBE.search(msg)
+        if plugin_failed:  # NCCL reports some of these at INFO level
+            plugin_failures.append(msg)
+        if ln.level == "WARN":
+            if _IB_ERROR.search(msg) and not plugin_failed:
+                ib_errors.append(msg)
+            elif not plugin_failed:
+                other_warns.append(msg)
+            _add(r.warnings, msg)
+            continue
+        if (m := _CUDA_DRIVER.match(msg)) is not None:
+            r.cuda_driver_version = r.cuda_driver_version or int(m[1])
+        elif (m := _ENV.match(msg)) is not None:
+            r.env.setdefault(m[1], m[2].strip())
+            ev.setdefault("env:" + m[1], msg)
+        elif (m := _USING_NETWORK.match(msg)) is not None:
+            _add(net_names, m[1])
+            ev.setdefault("network:" + _network_of(m[1]), msg)
+        elif (m := _PLUGIN_NAME.match(msg)) is not None:
+            name = m[1] or m[2]
+            (net_names if msg.startswith("Assigned") else init_names).append(name)
+        elif (m := _NET_USING.match(msg)) is not None:
+            rest = m["rest"]
+            if m["net"] == "Socket":
+                for item in _SOCKET_ITEM.finditer(rest):
+                    _add(r.socket_devices, item[2])
+                ev.setdefault("socket-using", msg)
+            else:
+                for item in _IB_ITEM.finditer(rest):
+                    dev_names.setdefault(int(item[1]), item[2])
+                    for name in item[2].split("+"):  # merged virtual NICs: a+b
+                        _add(r.ib_devices, name)
+                    r.link_layer = r.link_layer or item[4]
+                ev.setdefault("ib-using", msg)
+            if (oob := _OOB.search(rest)) is not None:
+                r.oob_interface = r.oob_interface or oob[1]
+        elif (m := _BOOTSTRAP.match(msg)) is not None:
+            r.bootstrap_interface = r.bootstrap_interface or m[1]
+        elif (m := _IB_DEV.match(msg)) is not None:
+            _add(r.ib_devices, m[1])
+        elif (m := _VIRTUAL_DEV.search(msg)) is not None:
+            dev_names.setdefault(int(m[1]), m[2])
+            for name in m[2].split("+"):
+                _add(r.ib_devices, name)
+        elif _IB_NONE.match(msg):
+            ev.setdefault("ib-none", msg)
+        elif (m := _QP.match(msg)) is not None:
+            qp_seen.setdefault((ln.host, m[1], m[2], m[3], m[4]), (ln.host, m, msg))
+        elif (m := _COMM.search(msg)) is not None:
+            _add(r.ranks, int(m[1]))
+            r.nranks = max(r.nranks or 0, int(m[2]))
+            if m[3] is not None:
+                r.nnodes = max(r.nnodes or 0, int(m[3]))
+            if m[4] is not None:
+                r.local_ranks = max(r.local_ranks or 0, int(m[4]))
+        elif (m := _INIT_TOTAL.match(msg)) is not None:
+            r.init_time_s = max(r.init_time_s or 0.0, float(m[1]))
+        if (m := _CHANNEL.search(msg)) is not None:
+            path, rest = m["path"], m["rest"]
+            r.channels[path] = r.channels.get(path, 0) + 1
+            kind = _channel_kind(path)
+            _add(data_kinds, kind)
+            ev.setdefault("channel:" + kind, msg)
+            if "GDRDMA" in rest:
+                gdr_seen.append(True)
+        if (m := _NVLS_CHANNELS.search(msg)) is not None:
+            r.nvls_channels = max(r.nvls_channels or 0, int(m[1]))
+            if int(m[1]) > 0:
+                _add(data_kinds, "nvls")
+        if _NVLINK.search(msg):
+            _add(data_kinds, "p2p")
+        if (m := _GDR_HCA.search(msg)) is not None:
+            gdr_seen.append(m[1] == "Enabled")
+            ev.setdefault("gdr", msg)
+        elif (m := _GDR_FLAG.search(msg)) is not None:
+            gdr_seen.append(m[1] == "1")
+            ev.setdefault("gdr", msg)
+
+    r.ranks.sort()
+    r.nccl_version = r.nccl_versions[0] if r.nccl_versions else None
+    r.net_plugin = (net_names or init_names or [None])[0]
+    r.gdr = True if True in gdr_seen else (False if gdr_seen else None)
+    # Built last so each QP can be named from every "Using [i]name" line, wherever it was.
+    r.qps = [_queue_pair(host, m, line, dev_names) for host, m, line in qp_seen.values()]
+    r.network = _selected_network(r, ev)
+    r.transport = _transport(r, data_kinds)
+    r.transports_seen = list(data_kinds)
+    if r.transport != "unknown":
+        _add(r.transports_seen, r.transport)
+    r.devices = list(r.socket_devices if r.transport == "socket" else r.ib_devices or r.socket_devices)
+    r.findings = _findings(r, ev, ib_errors, plugin_failures, other_warns)
+    return r
+
+
+def _queue_pair(host: str | None, m: re.Match[str], line: str, dev_names: dict[int, str]) -> QueuePair:
+    mtu = int(m[5])
+    gid_index = int(m[6]) if m[6] is not None else None
+    gid, link_local = _decode_gid(m[7], m[8]) if m[7] is not None else (None, False)
+    return QueuePair(
+        host=host, dev=int(m[1]),
+        ibdev=int(m[2]) if m[2] is not None else int(m[1]),  # before 2.19 one NCCL dev was one IB dev
+        port=int(m[3]), qpn=int(m[4]), mtu_code=mtu, mtu_bytes=MTU_BYTES.get(mtu),
+        gid_index=gid_index, gid_raw=f"{m[7]}/{m[8]}" if m[7] is not None else None,
+        gid=gid, link_local=link_local, device=dev_names.get(int(m[1])), line=line,
+    )
+
+
+def _selected_network(r: NcclLogReport, ev: dict[str, str]) -> str | None:
+    """The NET NCCL chose, whether or not it carried any traffic."""
+    if r.net_plugin is not None:
+        return _network_of(r.net_plugin)
+    if "ib-using" in ev:
+        return "ib"
+    if "socket-using" in ev or "ib-none" in ev:
+        return "socket"
+    return None
+
+
+def _transport(r: NcclLogReport, data_kinds: list[str]) -> str:
+    """Inter-node paths win; a log with only intra-node paths is not a socket fallback."""
+    if "ib" in data_kinds:
+        return "ib"
+    if "socket" in data_kinds:
+        return "socket"
+    intra = [k for k in _INTRA_RANK if k in data_kinds]
+    multi_node = (r.nnodes or 0) > 1 or len(r.hosts) > 1
+    single_node = r.nnodes == 1 or (bool(intra) and not multi_node)
+    if r.network in ("ib", "socket") and not single_node:
+        return r.network
+    return intra[0] if intra else "unknown"
+
+
+def _netdev_of(hca: str) -> str | None:
+    """DGX Spark names: rocep1s0f1 <-> enp1s0f1np1, roceP2p1s0f1 <-> enP2p1s0f1np1."""
+    m = _SPARK_HCA.match(hca)
+    return f"en{m[1]}s0f{m[2]}np{m[2]}" if m else None
+
+
+def _twin_of(hca: str) -> str | None:
+    m = _SPARK_HCA.match(hca)
+    if not m:
+        return None
+    return f"roce{'P2p1' if m[1] == 'p1' else 'p1'}s0f{m[2]}"
+
+
+def _qp_name(qp: QueuePair) -> str:
+    return qp.device or f"NCCL dev {qp.dev}"
+
+
+def _findings(
+    r: NcclLogReport, ev: dict[str, str], ib_errors: list[str], plugin_failures: list[str], other_warns: list[str]
+) -> list[Finding]:
+    out: list[Finding] = []
+
+    if r.transport == "socket":
+        evidence = ev.get("channel:socket") or ev.get("network:socket") or ev.get("socket-using") or ev.get("ib-none")
+        if r.env.get("NCCL_NET", "").lower() == "socket" or r.env.get("NCCL_IB_DISABLE") == "1":
+            why, fix = "because the environment forces it", "unset NCCL_NET=Socket / NCCL_IB_DISABLE=1"
+        elif "ib-none" in ev:  # checked before plugins: without a device no plugin choice helps
+            why = "because NCCL saw no RDMA device (NET/IB : No device found)"
+            fix = ("start containers with --device /dev/infiniband --cap-add IPC_LOCK --ulimit memlock=-1 "
+                   "and check that ibdev2netdev shows both twins Up")
+        elif plugin_failures:
+            why, fix = "after a NET plugin failed to load", "set NCCL_NET_PLUGIN=none so NCCL uses its built-in IB transport"
+        else:
+            why = ""
+            fix = ("make the RDMA devices visible (--device /dev/infiniband, IPC_LOCK, memlock unlimited), "
+                   "unset NCCL_IB_DISABLE/NCCL_NET=Socket, and name both twins in NCCL_IB_HCA")
+        out.append(Finding(
+            "socket-fallback", "error",
+            f"Inter-node NCCL traffic runs over TCP sockets{' ' + why if why else ''} "
+            f"(\"{evidence}\"), far below RoCE speed and latency; {fix}.", evidence))
+
+    if plugin_failures:
+        level = "warning" if r.transport == "socket" else "info"
+        after = "NCCL then fell back to sockets" if r.transport == "socket" else f"NCCL used {r.net_plugin or 'another NET'} instead"
+        out.append(Finding(
+            "net-plugin-fallback", level,
+            f"A NET plugin failed (\"{plugin_failures[0]}\") and {after}; set NCCL_NET_PLUGIN=none unless that "
+            "plugin is wanted (NGC images ship aws-ofi-nccl / HPC-X plugins).", plugin_failures[0]))
+
+    if ib_errors:
+        first = ib_errors[0]
+        out.append(Finding(
+            "ib-error", "error",
+            f"The IB/RoCE transport failed ({len(ib_errors)} line(s); first: \"{first}\"); {_ib_error_fix(first)}.",
+            first))
+
+    bad_gid = [q for q in r.qps if q.gid_index == 0 or q.link_local]
+    if bad_gid:
+        q = bad_gid[0]
+        names = list(dict.fromkeys(_qp_name(x) for x in bad_gid))
+        netdev = _netdev_of(q.device or "")
+        out.append(Finding(
+            "link-local-gid", "error",
+            f"QPs on {', '.join(names)} use GID index {q.gid_index} ({q.gid or q.gid_raw}, a link-local fe80 GID"
+            f"{', host ' + q.host if q.host else ''}), so that twin has no IPv4 RoCE v2 GID; give "
+            f"{netdev or 'its netdev'} an IPv4 address on its own subnet and leave NCCL_IB_GID_INDEX unset.",
+            q.line))
+
+    if r.transport == "ib" and len(r.ib_devices) == 1:
+        dev = r.ib_devices[0]
+        twin = _twin_of(dev)
+        both = f"{dev},{twin}" if twin else f"{dev} and its twin"
+        out.append(Finding(
+            "single-hca", "warning",
+            f"NCCL uses only one RDMA device ({dev}); a Spark reaches each QSFP cage through two PCIe x4 twins, "
+            f"so one device caps near half the link (~13.5 GB/s busbw): set NCCL_IB_HCA={both} and give both "
+            "twins an IPv4 address on separate subnets.", ev.get("ib-using")))
+
+    per_host: dict[str | None, set[int]] = {}
+    for q in r.qps:
+        per_host.setdefault(q.host, set()).add(q.mtu_code)
+    if len(per_host) > 1 and len({frozenset(v) for v in per_host.values()}) > 1:
+        desc = ", ".join(f"{h or '?'}: {'/'.join(str(MTU_BYTES.get(c, c)) for c in sorted(v))}"
+                         for h, v in per_host.items())
+        out.append(Finding(
+            "mtu-mismatch", "error",
+            f"The nodes report different RoCE MTUs ({desc} bytes), which passes small pings then stalls collectives "
+            "(IBV_WC_RETRY_EXC_ERR); set the same netdev MTU (9000) on every twin of every node.", r.qps[0].line))
+    low = [q for q in r.qps if q.mtu_code < 5]
+    if low:
+        q = low[0]
+        names = list(dict.fromkeys(_qp_name(x) for x in low))
+        out.append(Finding(
+            "low-mtu", "warning",
+            f"QPs on {', '.join(names)} run at RoCE MTU {q.mtu_bytes or '?'} bytes (mtu {q.mtu_code}), meaning the "
+            "CX-7 netdevs are at MTU 1500; set MTU 9000 on both twins on every node (RoCE MTU 4096).", q.line))
+
+    if len(r.nccl_versions) > 1:
+        out.append(Finding(
+            "nccl-version-mismatch", "error",
+            f"Ranks load different NCCL versions ({', '.join(r.nccl_versions)}); use the same NCCL build "
+            "(same container image) on every node.", None))
+
+    if r.init_time_s is not None and r.init_time_s > 30:
+        out.append(Finding(
+            "slow-init", "warning",
+            f"Communicator init took {r.init_time_s:g} s; on NCCL 2.28+ GIN setup can take minutes, "
+            "so try NCCL_GIN_ENABLE=0.", None))
+
+    if other_warns:
+        out.append(Finding(
+            "nccl-warn", "warning",
+            f"NCCL printed {len(other_warns)} other WARN line(s), first: \"{other_warns[0]}\"; read them before "
+            "trusting any measurement from this run.", other_warns[0]))
+
+    gid_pin = r.env.get("NCCL_IB_GID_INDEX")
+    if gid_pin is not None and gid_pin not in ("", "-1"):
+        out.append(Finding(
+            "gid-index-pinned", "info",
+            f"NCCL_IB_GID_INDEX is pinned to {gid_pin}; GID indexes can drift after link events and differ per HCA, "
+            "so prefer leaving it unset (NCCL then picks the IPv4 RoCE v2 GID).", ev.get("env:NCCL_IB_GID_INDEX")))
+
+    if r.gdr is False and r.transport == "ib":
+        out.append(Finding(
+            "gdr-expected-off", "info",
+            f"GPUDirect RDMA is off (\"{ev.get('gdr')}\"); that is expected on DGX Spark/GB10 (unified memory), "
+            "so leave NCCL_NET_GDR_LEVEL alone there; on discrete-GPU servers check nvidia-peermem/dma-buf.",
+            ev.get("gdr")))
+
+    if r.transport in _INTRA_RANK:
+        out.append(Finding(
+            "intra-node-only", "info",
+            f"Only intra-node paths ({r.transport}) appear, so this log says nothing about the inter-node fabric; "
+            "capture a multi-node run to judge the network.", None))
+    elif r.transport == "unknown":
+        out.append(Finding(
+            "no-transport-evidence", "info",
+            "The log shows no network selection or channel lines; rerun with NCCL_DEBUG=INFO "
+            "NCCL_DEBUG_SUBSYS=INIT,NET and keep the lines from every rank.", None))
+
+    out.sort(key=lambda f: _LEVEL_ORDER[f.level])  # stable: rule order within a level
+    return out
+
+
+def _ib_error_fix(line: str) -> str:
+    low = line.lower()
+    if "cannot allocate memory" in low or "ibv_reg_mr" in low or "ibv_create_qp" in low:
+        return "that is the memlock limit: run containers with --ulimit memlock=-1 --cap-add IPC_LOCK"
+    if "status=12" in low or "error 12" in low or "retry_exc" in low:
+        return ("transport retry timeout: the peers cannot reach each other over RoCE on that GID, so check MTU "
+                "parity on both nodes, an IPv4 address per twin, and leave NCCL_IB_GID_INDEX unset")
+    if "ibv_modify_qp" in low:
+        return ("the QP could not reach the peer: check the GID (no fe80/RoCE v1, no stale pinned "
+                "NCCL_IB_GID_INDEX) and that `ip route get <peer twin>` leaves through the matching twin")
+    return "run ib_write_bw between the same twins to reproduce it outside NCCL"
