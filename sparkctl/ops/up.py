@@ -116,6 +116,8 @@ def up(
             launched_at = time.monotonic()
             result = _result("started", inventory, playbook, endpoint, launched, plans)
             _save(store, inventory, playbook, result)
+            reporter.event(None, f"waiting until ready: processes alive, /health, /v1/models, one completion "
+                                 f"(deadline {playbook.ready_timeout_s:.0f}s)")
             ready = wait_until_ready(
                 nodes,
                 inventory,
