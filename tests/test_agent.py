@@ -186,3 +186,36 @@ def test_agent_reports_missing_interpreter():
     with pytest.raises(AgentError) as caught:
         call_agent(LocalRunner(node.name), node, "probe")
     assert "not found on the node" in caught.value.message and "nodes[].python" in caught.value.hint
+
+
+def test_exit_status_is_captured_and_files_written(agent):
+    script = agent.tmp / "job" / "job.py"
+    reply = agent(
+        "launch",
+        argv=[sys.executable, str(script)],
+        files={str(script): "import sys; print('job ran'); sys.exit(3)\n"},
+        log=str(agent.tmp / "job.log"),
+        record=str(agent.tmp / "procs" / "job.json"),
+        exit_file=str(agent.tmp / "job.exit"),
+        tag=agent.prefix + "job/1",
+        role="job",
+    )
+    assert reply["process"]["argv"] == [sys.executable, str(script)]
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        (record,) = agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"))["records"]
+        if record["exit"] is not None:
+            break
+        time.sleep(0.1)
+    assert record["exit"]["returncode"] == 3
+    assert (agent.tmp / "job.log").read_text() == "job ran\n"
+    assert oct(script.stat().st_mode & 0o777) == "0o600"
+
+
+def test_stop_of_one_role_spares_the_others(agent):
+    keep = launch(agent, ["sleep", "30"], role="vllm", launch_id="vllm/1")["process"]["pid"]
+    gone = launch(agent, ["sleep", "30"], role="probe", launch_id="probe/1")["process"]["pid"]
+    result = agent("stop", tag_prefix=agent.prefix + "probe/", grace_s=1, record_dir=str(agent.tmp / "procs"))
+    assert [p["pid"] for p in result["stopped"]] == [gone]
+    status = agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"))
+    assert [r["role"] for r in status["records"]] == ["vllm"] and status["records"][0]["pid"] == keep

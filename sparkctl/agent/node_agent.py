@@ -234,9 +234,42 @@ def _rotate(log, keep=3):
     os.replace(log, log + ".1")
 
 
+# Runs as the session leader in front of a command whose exit status matters
+# (torchrun groups): it waits, forwards termination signals, and records the
+# status in a file, because a detached process's status is otherwise lost.
+WAITER = (
+    "import json,os,signal,subprocess,sys,time\n"
+    "out=sys.argv[1];p=subprocess.Popen(sys.argv[2:])\n"
+    "def fwd(s,f):\n"
+    "  try: p.send_signal(s)\n"
+    "  except OSError: pass\n"
+    "for s in (signal.SIGTERM,signal.SIGINT,signal.SIGHUP): signal.signal(s,fwd)\n"
+    "rc=p.wait()\n"
+    "open(out+'.tmp','w').write(json.dumps({'returncode':rc,'ended_at':time.time()}));os.replace(out+'.tmp',out)\n"
+    "sys.exit(0 if rc==0 else 1)\n"
+)
+
+
+def _write_files(files):
+    """Files a launch needs on the node (e.g. a probe script), written privately."""
+    written = []
+    for path, content in sorted((files or {}).items()):
+        full = _expand(path)
+        os.makedirs(os.path.dirname(full), mode=0o700, exist_ok=True)
+        tmp = "%s.tmp.%d" % (full, os.getpid())
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write(content)
+        os.replace(tmp, full)
+        written.append(full)
+    return written
+
+
 def op_launch(req):
     """Start argv detached: own session and process group, stdio to a log file,
-    surviving the SSH session. Returns what was started, as observed."""
+    surviving the SSH session. Returns what was started, as observed.
+
+    With "exit_file", a small waiter leads the group and records the command's
+    exit status there when it ends."""
     argv = req["argv"]
     log = _expand(req["log"])
     record = _expand(req["record"])
@@ -244,11 +277,19 @@ def op_launch(req):
     for folder in (os.path.dirname(log), os.path.dirname(record)):
         os.makedirs(folder, mode=0o700, exist_ok=True)
     _rotate(log)
+    _write_files(req.get("files"))
     env = dict(os.environ)
     env.update(req.get("env") or {})
     env[TAG_VAR] = req["tag"]
     if shutil.which(argv[0], path=env.get("PATH")) is None and not os.path.exists(argv[0]):
         return {"ok": False, "error": "command not found on this node: %s" % argv[0], "kind": "command-not-found"}
+    exit_file = _expand(req["exit_file"]) if req.get("exit_file") else None
+    if exit_file:
+        try:
+            os.unlink(exit_file)
+        except OSError:
+            pass
+        argv = [sys.executable, "-c", WAITER, exit_file] + list(argv)
     read_end, write_end = os.pipe()  # both close-on-exec: EOF on exec success
     pid = os.fork()
     if pid == 0:  # child
@@ -289,9 +330,10 @@ def op_launch(req):
         "boot_id": boot_id(),
         "tag": req["tag"],
         "log": log,
-        "argv": argv,
+        "argv": req["argv"],
         "env_keys": sorted((req.get("env") or {}).keys()),
         "plan_digest": req.get("plan_digest"),
+        "exit_file": exit_file,
         "started_at": time.time(),
         "hostname": socket.gethostname(),
     }
@@ -348,7 +390,14 @@ def op_status(req):
     for rec in _records(req["record_dir"]):
         same_boot = rec.get("boot_id") == current_boot
         alive = bool(same_boot and rec.get("pid") and is_alive(rec["pid"], rec.get("starttime")))
-        records.append(dict(rec, alive=alive))
+        exit_info = None
+        if rec.get("exit_file"):
+            try:
+                with open(rec["exit_file"]) as handle:
+                    exit_info = json.load(handle)
+            except (OSError, ValueError):
+                exit_info = None
+        records.append(dict(rec, alive=alive, exit=exit_info))
     procs = tagged_processes(prefix)
     logs = [_read_from(_expand(item["path"]), item.get("offset")) for item in req.get("logs") or []]
     return {
@@ -415,6 +464,8 @@ def op_stop(req):
     if not remaining and req.get("record_dir"):
         folder = _expand(req["record_dir"])
         for rec in _records(folder):
+            if not str(rec.get("tag", "")).startswith(prefix):
+                continue
             path = os.path.join(folder, "%s.json" % rec.get("role", "process"))
             try:
                 os.unlink(path)
@@ -474,6 +525,28 @@ def _ipv4_by_interface():
     return result
 
 
+def script_interpreter(path):
+    """The interpreter a script names in its #! line (a `vllm` console script
+    names the Python that has vLLM and torch), or the path itself when it is
+    a Python binary; None otherwise."""
+    name = os.path.basename(path)
+    if name.startswith("python"):
+        return path
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(512)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    parts = first[2:].decode("utf-8", "replace").split()
+    if not parts:
+        return None
+    if os.path.basename(parts[0]) == "env" and len(parts) > 1:
+        return shutil.which(parts[1]) or parts[1]
+    return parts[0]
+
+
 def op_probe(req):
     """Cheap facts `up` needs before starting anything."""
     paths = {}
@@ -485,15 +558,18 @@ def op_probe(req):
             "has_config": os.path.isfile(os.path.join(full, "config.json")),
         }
     commands = {}
+    interpreters = {}
     for command in req.get("commands") or []:
         found = shutil.which(command) if os.sep not in command else (command if os.access(command, os.X_OK) else None)
         commands[command] = found
+        interpreters[command] = script_interpreter(found) if found else None
     return {
         "ok": True,
         "hostname": socket.gethostname(),
         "python": sys.version.split()[0],
         "paths": paths,
         "commands": commands,
+        "interpreters": interpreters,
         "in_use": ports_in_use(req.get("ports") or []),
         "interfaces": _ipv4_by_interface(),
         "boot_id": boot_id(),

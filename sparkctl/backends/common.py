@@ -31,5 +31,8 @@ def record_dir(node: Node, cluster: str) -> str:
     return f"{node_dir(node, cluster)}/procs"
 
 
-def tag_prefix(cluster: str, node: Node) -> str:
-    return f"{cluster}/{node.name}/"
+def tag_prefix(cluster: str, node: Node, role: str | None = None) -> str:
+    """SPARKCTL_TAG is <cluster>/<node>/<role>/<launch id>: `down` matches the
+    node's prefix (everything), a probe's cleanup only its own role."""
+    prefix = f"{cluster}/{node.name}/"
+    return f"{prefix}{role}/" if role else prefix

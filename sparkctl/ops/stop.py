@@ -37,12 +37,15 @@ def stop_all(
     grace_s: float,
     ports: dict[str, list[int]],
     reporter: Reporter,
+    role: str | None = None,
 ) -> dict[str, NodeStop]:
-    """SIGTERM each node's tagged processes (group-wise), SIGKILL after grace_s, then verify."""
+    """SIGTERM each node's tagged processes (group-wise), SIGKILL after grace_s, then verify.
+
+    With `role`, only that kind of process (e.g. a probe) is stopped."""
     outcomes = nodes.call_all(
         "stop",
         lambda n: {
-            "tag_prefix": tag_prefix(inventory.cluster, n),
+            "tag_prefix": tag_prefix(inventory.cluster, n, role),
             "record_dir": record_dir(n, inventory.cluster),
             "grace_s": grace_s,
             "ports": ports.get(n.name, []),

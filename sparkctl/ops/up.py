@@ -268,7 +268,7 @@ def _launch_all(
             "env": {**spec.env, **{k: v for k, v in secrets.items() if k in spec.forward_env}},
             "log": log_path(node, inventory.cluster, spec.role),
             "record": f"{record_dir(node, inventory.cluster)}/{spec.role}.json",
-            "tag": f"{tag_prefix(inventory.cluster, node)}{launch_id}",
+            "tag": f"{tag_prefix(inventory.cluster, node, spec.role)}{launch_id}",
             "role": spec.role,
             "plan_digest": plan_digest(spec),
         }
