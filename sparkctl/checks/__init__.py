@@ -1,0 +1,51 @@
+"""Preflight checks (`sparkctl check`) and the per-host network plan.
+
+Pure functions over the facts each node reports (sparkctl/agent/node_facts.py);
+no I/O here. Typical use on the controller:
+
+    spec = ClusterSpec.from_config(inventory, playbook)
+    facts = {node: call_agent(..., "facts", modules=("sparkctl_node_facts",), **facts_request(spec, node))}
+    plan = derive_plan(spec, facts)
+    # second round: facts[node]["reach"] = call_agent(..., **reach_request(spec, facts, plan, node))["reach"]
+    report = check_cluster(spec, facts, timing={node: (sent_at, received_at)})
+    print(render_text(report)); exit(report.exit_code)
+
+`up` can use `derive_plan(spec, facts).require()`: it returns
+{node: sparkctl.netplan.HostPlan} like netplan.plan_network.
+"""
+
+from sparkctl.checks.findings import CATALOGUE, CheckInfo, Finding, Status, catalogue_markdown, finding, worst
+from sparkctl.checks.node import rdma_requirement
+from sparkctl.checks.cluster import clock_offset
+from sparkctl.checks.plan import PLAN_VARS, NetworkPlan, derive_plan
+from sparkctl.checks.preflight import check_cluster, infer_cpu_only, run_checks
+from sparkctl.checks.report import CheckReport, render_plan, render_text, summarize_facts
+from sparkctl.checks.requests import facts_request, peers_for, reach_request
+from sparkctl.checks.spec import ClusterSpec, NodeSpec
+
+__all__ = [
+    "CATALOGUE",
+    "CheckInfo",
+    "CheckReport",
+    "ClusterSpec",
+    "Finding",
+    "NetworkPlan",
+    "NodeSpec",
+    "PLAN_VARS",
+    "Status",
+    "catalogue_markdown",
+    "check_cluster",
+    "clock_offset",
+    "derive_plan",
+    "facts_request",
+    "finding",
+    "infer_cpu_only",
+    "peers_for",
+    "rdma_requirement",
+    "reach_request",
+    "render_plan",
+    "render_text",
+    "run_checks",
+    "summarize_facts",
+    "worst",
+]
