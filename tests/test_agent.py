@@ -219,3 +219,12 @@ def test_stop_of_one_role_spares_the_others(agent):
     assert [p["pid"] for p in result["stopped"]] == [gone]
     status = agent("status", tag_prefix=agent.prefix, record_dir=str(agent.tmp / "procs"))
     assert [r["role"] for r in status["records"]] == ["vllm"] and status["records"][0]["pid"] == keep
+
+
+def test_read_returns_text_or_says_missing(agent):
+    target = agent.tmp / "results.json"
+    target.write_text('{"a": 1}')
+    reply = agent("read", path=str(target))
+    assert reply["exists"] and reply["data"] == '{"a": 1}' and reply["size"] == 8
+    assert agent("read", path=str(agent.tmp / "nope"))["exists"] is False
+    assert agent("read", path=str(target), limit=3)["truncated"] is True

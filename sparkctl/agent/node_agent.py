@@ -576,6 +576,20 @@ def op_probe(req):
     }
 
 
+def op_read(req):
+    """A file's text (e.g. a job's results), capped; missing is not an error."""
+    path = _expand(req["path"])
+    limit = int(req.get("limit", 64 << 20))
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            data = handle.read(limit)
+    except OSError as exc:
+        return {"ok": True, "exists": False, "error": exc.strerror, "path": path}
+    return {"ok": True, "exists": True, "path": path, "size": size, "truncated": size > limit,
+            "data": data.decode("utf-8", "replace")}
+
+
 def op_facts(req):
     """Everything `sparkctl check` needs to know about this node (see node_facts.py)."""
     try:
@@ -592,6 +606,7 @@ OPS = {
     "exec": op_exec,
     "probe": op_probe,
     "facts": op_facts,
+    "read": op_read,
 }
 
 
