@@ -149,11 +149,31 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if all(r.returncode == 0 for r in results) else int(ExitCode.FAILED)
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from sparkctl.checks import render_plan, render_text
+    from sparkctl.ops.check import run_check
+
+    inventory, playbook = _load(args, playbook="optional")
+    report, facts = run_check(inventory, playbook, _reporter(args))
+    if args.json:
+        data = report.to_dict()
+        if args.facts:
+            data["raw_facts"] = facts.by_node
+        _print_json(data)
+    elif args.plan:
+        print(render_plan(report.plan))
+    else:
+        print(render_text(report, show_pass=not args.problems_only))
+    if facts.unreachable:
+        return int(ExitCode.UNREACHABLE)
+    return report.exit_code
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from sparkctl.ops.up import up
 
     inventory, playbook = _load(args, playbook="required")
-    result = up(inventory, playbook, _reporter(args))
+    result = up(inventory, playbook, _reporter(args), ignore_checks=set(args.ignore_check or []))
     if args.json:
         _print_json({"ok": True, **result.to_dict()})
         return 0
@@ -282,7 +302,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(handler=cmd_exec)
 
+    p = sub.add_parser("check", parents=[common, inv, pb, quiet], help="preflight every node and the fabric; print the network plan")
+    p.add_argument("--plan", action="store_true", help="print only the per-host network plan")
+    p.add_argument("--problems-only", action="store_true", help="hide PASS rows")
+    p.add_argument("--facts", action="store_true", help="with --json: include every node's raw facts")
+    p.set_defaults(handler=cmd_check)
+
     p = sub.add_parser("up", parents=[common, inv, pb, quiet], help="start vLLM across the nodes and wait until it serves")
+    p.add_argument(
+        "--ignore-check",
+        action="append",
+        metavar="ID",
+        help="start even though this check FAILs (repeatable; 'all' ignores every check); see `sparkctl check`",
+    )
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("status", parents=[common, inv, pb], help="what sparkctl started, per node, and the endpoint's health")

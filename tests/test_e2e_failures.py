@@ -75,8 +75,8 @@ def test_busy_port_is_refused_before_starting_anything(tmp_path):
         result = sparkctl("up", "-i", INV, "-p", playbook(tmp_path), "--json")
         assert result.returncode == 1
         error = json.loads(result.stdout)
-        assert error["message"] == "ports the cluster needs are taken"
-        assert any(f"head: port 8013 is already in use by pid {os.getpid()}" in d for d in error["details"])
+        assert error["message"] == "preflight checks failed; nothing was started"
+        assert any(d.startswith(f"head: ports.free: port 8013 in use by pid {os.getpid()}") for d in error["details"])
         assert node_agent.tagged_processes("local-pair/") == []
     finally:
         blocker.close()

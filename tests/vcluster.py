@@ -224,6 +224,16 @@ def _kill_pids(pids_fn, grace: float, reap=lambda: None) -> list[int]:
     return pids
 
 
+def can_unlimit_memlock() -> bool:
+    """Whether this host lets us raise RLIMIT_MEMLOCK to unlimited (needs
+    CAP_SYS_RESOURCE or an unlimited hard limit; some containers have neither)."""
+    try:
+        return subprocess.run(["prlimit", "--memlock=unlimited:unlimited", "true"],
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def _lock_path(tag: str) -> Path:
     return LOCK_DIR / f"{tag}.lock"
 
@@ -337,6 +347,7 @@ class VirtualCluster:
                        self._fabric_veth(MAX_NODES - 1)):
             assert len(ifname) <= IFNAMSIZ_MAX, ifname
         self._sshd_procs: dict[str, subprocess.Popen] = {}
+        self._node_env: dict[str, dict[str, str]] = {}  # set in each login through sshd's SetEnv
         self._lock_fd: int | None = None
         self._started = False
         self._stopped = False
@@ -571,6 +582,9 @@ MaxStartups 64:30:128
 MaxSessions 64
 Subsystem sftp internal-sftp
 """
+        env = self._node_env.get(node.name) or {}
+        if env:
+            cfg += "SetEnv " + " ".join(f"{k}={v}" for k, v in sorted(env.items())) + "\n"
         self._sshd_config_path(node).write_text(cfg)
 
     def _spawn_sshd(self, node: VNode) -> None:
@@ -579,9 +593,12 @@ Subsystem sftp internal-sftp
             log.write(f"--- starting sshd for {node.name} at {time.strftime('%H:%M:%S')} ---\n".encode())
             log.flush()
             env = dict(os.environ, **{ENV_MARKER: node.netns})
-            # `ip netns exec` execs (no fork) -> proc.pid is sshd's pid
-            proc = subprocess.Popen([IP, "netns", "exec", node.netns, SSHD, "-D", "-e",
-                                     "-f", str(self._sshd_config_path(node))],
+            # `ip netns exec` execs (no fork) -> proc.pid is sshd's pid. Where the
+            # host allows it, logins get an unlimited memlock, as on a Spark set up
+            # for RDMA (limits.conf); prlimit execs too, so the pid stays sshd's.
+            memlock = ["prlimit", "--memlock=unlimited:unlimited"] if can_unlimit_memlock() else []
+            proc = subprocess.Popen([IP, "netns", "exec", node.netns, *memlock,
+                                     SSHD, "-D", "-e", "-f", str(self._sshd_config_path(node))],
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                     start_new_session=True)
         finally:
@@ -791,6 +808,18 @@ Subsystem sftp internal-sftp
             return
         self._spawn_sshd(node)
         self._wait_sshd_ready([node])
+
+    def set_node_env(self, node: VNode | str | int, env: dict[str, str]) -> None:
+        """Environment every SSH login on the node gets (sshd SetEnv): the way a
+        variable such as SPARKCTL_SYSFS_ROOT is "set on that node". Restarts sshd."""
+        n = self.node(node)
+        for key, value in env.items():
+            if not key.replace("_", "").isalnum() or any(c.isspace() or c in "\"'" for c in value):
+                raise ValueError(f"unsupported env entry {key}={value!r}")
+        self._node_env[n.name] = dict(env)
+        self._write_sshd_config(n)
+        self.stop_sshd(n)
+        self.start_sshd(n)
 
     def regenerate_host_key(self, node: VNode | str | int) -> None:
         """New host key + sshd restart; known_hosts deliberately NOT updated."""

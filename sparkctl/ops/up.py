@@ -1,7 +1,8 @@
 """`sparkctl up`: converge the cluster to "serving this playbook".
 
-Stages: validate -> observe what already runs -> preflight -> plan -> launch
--> wait until really ready -> record. Running it again on a healthy cluster
+Stages: validate -> facts from every node -> per-host plan -> observe what
+already runs -> preflight checks (as `sparkctl check`) -> launch -> wait until
+really ready -> record. Running it again on a healthy cluster
 that serves the same plan starts nothing. On any failure (or Ctrl-C) the
 processes this run started are stopped before the error is raised.
 """
@@ -18,9 +19,12 @@ from typing import Any, Mapping
 
 from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_prefix
 from sparkctl.backends.mp import plan_mp
-from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
+from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
+from sparkctl.checks.findings import Status
+from sparkctl.errors import ConnectionFailed, InputError, Interrupted, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
-from sparkctl.netplan import HostPlan, plan_network
+from sparkctl.netplan import HostPlan
+from sparkctl.ops.check import Facts, gather_facts, probe_reach, refusals
 from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.stop import stop_all
 from sparkctl.playbook import Playbook, check_against_inventory
@@ -79,6 +83,7 @@ def up(
     reporter: Reporter,
     *,
     environ: Mapping[str, str] | None = None,
+    ignore_checks: set[str] | frozenset[str] = frozenset(),
 ) -> UpResult:
     environ = os.environ if environ is None else environ
     problems = check_against_inventory(playbook, inventory)
@@ -91,12 +96,13 @@ def up(
         )
     secrets = forwarded_secrets(playbook, environ)
     store = StateStore.for_cluster(inventory.cluster)
+    spec = ClusterSpec.from_config(inventory, playbook)
     started_at = time.monotonic()
     with store.locked("up"), NodeSession(inventory) as session:
         nodes = Nodes(inventory, session)
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
-        facts = _preflight(nodes, inventory, playbook, reporter)
-        plans = plan_network(inventory, {name: f.get("interfaces", {}) for name, f in facts.items()})
+        facts = _reachable_facts(nodes, spec, inventory)
+        plans = _plan(spec, facts)
         specs = plan_mp(inventory, playbook, plans)
         endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
         current = _already_serving(nodes, inventory, specs, endpoint, playbook)
@@ -107,8 +113,11 @@ def up(
             result.kv_cache = previous.get("kv_cache", {})
             _save(store, inventory, playbook, result)
             return result
-        _stop_leftovers(nodes, inventory, playbook, reporter)
-        _check_ports_free(nodes, inventory, specs)
+        if _stop_leftovers(nodes, inventory, playbook, reporter):
+            facts = _reachable_facts(nodes, spec, inventory)  # ports and memory changed
+            plans = _plan(spec, facts)
+            specs = plan_mp(inventory, playbook, plans)
+        _preflight_checks(nodes, spec, inventory, facts, reporter, ignore_checks)
         launched: dict[str, dict] = {}
         try:
             launch_started = time.monotonic()
@@ -159,40 +168,49 @@ def up(
         return result
 
 
-def _preflight(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> dict[str, dict]:
-    """Reach every node and confirm what `up` relies on; report every node's problems at once."""
-    command = playbook.vllm_command[0]
-    paths = [playbook.model] if playbook.model_is_path else []
-    outcomes = nodes.call_all("probe", lambda n: {"paths": paths, "commands": [command]}, timeout_s=60)
-    unreachable = [o.error for o in outcomes.values() if o.error is not None]
-    if unreachable:
-        first = unreachable[0]
-        if len(unreachable) == 1 and isinstance(first, SparkctlError):
-            raise first
-        raise OperationFailed(
-            f"{len(unreachable)} node(s) could not be reached",
-            details=[str(e) for e in unreachable],
-            hint=getattr(first, "hint", None),
+def _reachable_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts:
+    """Every node's facts (one round trip each); `up` cannot go on without all of them."""
+    facts = gather_facts(nodes, spec, inventory)
+    if facts.unreachable:
+        errors = list(facts.unreachable.values())
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConnectionFailed(
+            f"{len(errors)} node(s) could not be reached", details=[str(e) for e in errors], hint=errors[0].hint
         )
-    problems: list[str] = []
-    for node in inventory.nodes:
-        facts = outcomes[node.name].value or {}
-        if facts.get("commands", {}).get(command) is None:
-            problems.append(f"{node.name}: vLLM command {command!r} not found (playbook vllm.command / vllm.python)")
-        for path in paths:
-            info = facts.get("paths", {}).get(path, {})
-            if not info.get("exists"):
-                problems.append(f"{node.name}: model directory {path} does not exist")
-            elif not info.get("has_config"):
-                problems.append(f"{node.name}: model directory {path} has no config.json")
-    if problems:
+    failed = [f"{name}: {(f or {}).get('error')}" for name, f in facts.by_node.items() if not (f or {}).get("ok")]
+    if failed:
+        raise OperationFailed("facts could not be gathered on every node", details=failed)
+    return facts
+
+
+def _plan(spec: ClusterSpec, facts: Facts) -> dict[str, HostPlan]:
+    return derive_plan(spec, facts.by_node).require()
+
+
+def _preflight_checks(
+    nodes: Nodes,
+    spec: ClusterSpec,
+    inventory: Inventory,
+    facts: Facts,
+    reporter: Reporter,
+    ignore_checks: set[str] | frozenset[str],
+) -> None:
+    """The same checks as `sparkctl check`; a FAIL stops `up` before anything starts."""
+    probe_reach(nodes, spec, inventory, facts, derive_plan(spec, facts.by_node))
+    report = check_cluster(spec, facts.by_node, timing=facts.timing)
+    for finding in report.findings:
+        if finding.status != Status.PASS:
+            reporter.event(finding.node, f"{finding.status.value} {finding.check}: {finding.evidence}")
+    counts = report.counts()
+    reporter.event(None, f"checks: {counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL")
+    blocking = refusals(report, set(ignore_checks))
+    if blocking:
         raise OperationFailed(
-            "preflight failed",
-            details=problems,
-            hint="every node needs vLLM and the model at the same absolute path",
+            "preflight checks failed; nothing was started",
+            details=blocking,
+            hint="fix what they name (`sparkctl check` shows the evidence), or start anyway with --ignore-check ID",
         )
-    reporter.event(None, "preflight ok: every node reachable, vLLM and the model present")
-    return {name: o.value or {} for name, o in outcomes.items()}
 
 
 def _already_serving(
@@ -220,7 +238,7 @@ def _already_serving(
     return running if playbook.served_model_name in ids else None
 
 
-def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> None:
+def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> bool:
     """Converge: whatever this cluster's tag still runs (half-dead, other plan) goes first."""
     outcomes = nodes.call_all(
         "status",
@@ -229,30 +247,11 @@ def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, repo
     )
     leftovers = {name: o.value["processes"] for name, o in outcomes.items() if o.value and o.value.get("processes")}
     if not leftovers:
-        return
+        return False
     summary = ", ".join(f"{name}: {len(p)} process(es)" for name, p in leftovers.items())
     reporter.event(None, f"found processes of an earlier start that do not match this plan ({summary}); stopping them")
     stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
-
-
-def _check_ports_free(nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec]) -> None:
-    wanted = {spec.node: list(spec.listen_ports) for spec in specs if spec.listen_ports}
-    if not wanted:
-        return
-    outcomes = nodes.call_all("probe", lambda n: {"ports": wanted.get(n.name, [])}, nodes=[inventory.node(n) for n in wanted])
-    problems = []
-    for name, outcome in outcomes.items():
-        if outcome.error is not None:
-            raise outcome.error
-        for hit in (outcome.value or {}).get("in_use", []):
-            owner = f"pid {hit['pid']} ({hit['cmdline'][:80]})" if hit.get("pid") else "a process sparkctl cannot see"
-            problems.append(f"{name}: port {hit['port']} is already in use by {owner}")
-    if problems:
-        raise OperationFailed(
-            "ports the cluster needs are taken",
-            details=problems,
-            hint="stop that process, or choose other ports with the playbook keys port / master_port",
-        )
+    return True
 
 
 def _launch_all(

@@ -1,0 +1,107 @@
+"""`sparkctl check`: gather every node's facts in parallel (one SSH round trip
+per node), derive the per-host network plan, ping every peer on the fabric
+(a second round trip), and judge it all with the checks in sparkctl.checks.
+
+`up` runs the same steps before it starts anything and refuses on a FAIL."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sparkctl.checks import ClusterSpec, CheckReport, NetworkPlan, check_cluster, derive_plan
+from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
+from sparkctl.checks.findings import Status
+from sparkctl.errors import InputError, SparkctlError
+from sparkctl.inventory import Inventory, Node
+from sparkctl.ops.nodes import Nodes
+from sparkctl.playbook import Playbook
+from sparkctl.progress import Reporter
+from sparkctl.remote.result import NodeUnavailable
+from sparkctl.remote.session import NodeSession, fan_out
+
+FACTS_MODULES = ("sparkctl_node_facts",)
+
+
+@dataclass
+class Facts:
+    """Round-1 facts of every node, when they were taken, and who did not answer."""
+
+    by_node: dict[str, dict[str, Any] | None]
+    timing: dict[str, tuple[float, float]]
+    unreachable: dict[str, NodeUnavailable]
+
+
+def gather_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts:
+    def ask(node: Node) -> tuple[dict[str, Any], tuple[float, float]]:
+        sent = time.time()
+        reply = nodes.call(node, "facts", modules=FACTS_MODULES, timeout_s=DEFAULT_PROBE_TIMEOUT_S + 60,
+                           **facts_request(spec, node.name))
+        return reply, (sent, time.time())
+
+    outcomes = fan_out(inventory.nodes, ask)
+    facts: dict[str, dict[str, Any] | None] = {}
+    timing: dict[str, tuple[float, float]] = {}
+    unreachable: dict[str, NodeUnavailable] = {}
+    for name, outcome in outcomes.items():
+        if outcome.error is not None:
+            if isinstance(outcome.error, NodeUnavailable):
+                unreachable[name] = outcome.error
+            elif not isinstance(outcome.error, SparkctlError):
+                raise outcome.error  # a bug, not a node problem
+            facts[name] = {"ok": False, "error": str(outcome.error)}
+            continue
+        facts[name], timing[name] = outcome.value  # type: ignore[misc]
+    return Facts(facts, timing, unreachable)
+
+
+def probe_reach(nodes: Nodes, spec: ClusterSpec, inventory: Inventory, facts: Facts, plan: NetworkPlan) -> None:
+    """Round 2: every node pings every peer on the fabric (jumbo, don't fragment); merged into the facts."""
+    askable = [n for n in inventory.nodes if (facts.by_node.get(n.name) or {}).get("ok")]
+    if len(inventory.nodes) < 2 or not askable:
+        return
+    outcomes = nodes.call_all(
+        "facts",
+        lambda n: reach_request(spec, facts.by_node, plan, n.name, twins=_twins_exist(facts.by_node.get(n.name))),
+        nodes=askable,
+        modules=FACTS_MODULES,
+        timeout_s=120,
+    )
+    for name, outcome in outcomes.items():
+        if outcome.error is None and outcome.value is not None:
+            facts.by_node[name]["reach"] = outcome.value.get("reach")  # type: ignore[index]
+
+
+def _twins_exist(node_facts: dict[str, Any] | None) -> bool:
+    # A node pointed at a captured sysfs tree (SPARKCTL_SYSFS_ROOT) has twin
+    # addresses that do not exist on it: ping only the fabric address there.
+    return not bool((node_facts or {}).get("sysfs_overridden"))
+
+
+def run_check(inventory: Inventory, playbook: Playbook | None, reporter: Reporter) -> tuple[CheckReport, Facts]:
+    spec = ClusterSpec.from_config(inventory, playbook)
+    with NodeSession(inventory) as session:
+        nodes = Nodes(inventory, session)
+        reporter.event(None, f"gathering facts from {len(inventory.nodes)} node(s)")
+        facts = gather_facts(nodes, spec, inventory)
+        plan = derive_plan(spec, {n: f if (f or {}).get("ok") else None for n, f in facts.by_node.items()})
+        reporter.event(None, "probing the fabric between the nodes")
+        probe_reach(nodes, spec, inventory, facts, plan)
+    return check_cluster(spec, facts.by_node, timing=facts.timing), facts
+
+
+def refusals(report: CheckReport, ignored: set[str]) -> list[str]:
+    """The FAILs that stop `up`, minus those the user chose to ignore (`--ignore-check ID|all`)."""
+    if "all" in ignored:
+        return []
+    known = {f.check for f in report.findings}
+    unknown = ignored - known - {"all"}
+    if unknown:
+        raise InputError(f"--ignore-check names checks that did not run: {', '.join(sorted(unknown))}",
+                         hint="`sparkctl check --json` lists the check ids")
+    return [
+        f"{f.node or '(cluster)'}: {f.check}: {f.evidence}" + (f" (hint: {f.hint})" if f.hint else "")
+        for f in report.findings
+        if f.status == Status.FAIL and f.check not in ignored
+    ]
