@@ -228,3 +228,14 @@ def test_read_returns_text_or_says_missing(agent):
     assert reply["exists"] and reply["data"] == '{"a": 1}' and reply["size"] == 8
     assert agent("read", path=str(agent.tmp / "nope"))["exists"] is False
     assert agent("read", path=str(target), limit=3)["truncated"] is True
+
+
+def test_ipv4_without_iproute2_uses_the_kernel_ioctls():
+    """Minimal images have no `ip`; the ioctl fallback must agree with it on the
+    primary address of every interface."""
+    full, source, _ = node_agent.ipv4_by_interface()
+    fallback = node_agent._ipv4_via_ioctl()
+    assert source == "ip" and fallback["lo"] == ["127.0.0.1/8"]
+    for name, cidrs in full.items():
+        if cidrs:
+            assert fallback[name] and fallback[name][0] in cidrs

@@ -127,3 +127,19 @@ def test_bus_id_normalisation():
     assert nvidia_smi.normalize_pci_bus_id("0000000F:01:00.0") == "000f:01:00.0"
     assert nvidia_smi.normalize_pci_bus_id("00000000:19:00.0") == "0000:19:00.0"
     assert nvidia_smi.normalize_pci_bus_id(None) is None
+
+
+def test_h100_captured_by_sparkctl_on_the_gpu_machine():
+    table = nvidia_smi.parse_table(fixture("h100-580.159.04-table.txt"))
+    assert (table["driver_version"], table["cuda_version"]) == ("580.159.04", "13.0")
+    (gpu,) = table["gpus"]
+    assert gpu["name"] == "NVIDIA H100 80GB HBM3" and gpu["pci_bus_id"] == "00000000:00:06.0"
+    assert gpu["memory_supported"] is True and (gpu["memory_used_mib"], gpu["memory_total_mib"]) == (0, 81559)
+    assert (gpu["power_draw_w"], gpu["power_cap_w"], gpu["ecc_uncorrected"]) == (71.0, 700.0, 0)
+    assert table["processes"] == []
+    assert nvidia_smi.parse_list(fixture("h100-580.159.04-L.txt")) == [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-87ae79ef-b9ea-b79e-5865-bc61e0f114cf"}
+    ]
+    (row,) = nvidia_smi.parse_csv(fixture("h100-580.159.04-query.csv"),
+                                  ["index", "name", "uuid", "driver_version", "memory.total", "pci.bus_id"])
+    assert row["memory.total"] == "81559" and row["driver_version"] == "580.159.04"

@@ -507,21 +507,51 @@ def op_exec(req):
             "stderr": err.decode("utf-8", "replace"), "duration_s": round(time.time() - started, 3)}
 
 
-def _ipv4_by_interface():
-    """{ifname: [ipv4/prefix, ...]} from `ip -j -4 addr` (iproute2 is on every Spark)."""
+def ipv4_by_interface():
+    """({ifname: [ipv4/prefix, ...]}, source, note). `ip -j -4 addr` when iproute2
+    is there (every address); else the kernel's ioctls (the primary address of
+    each interface), because minimal container images ship without iproute2."""
     ip = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
-    if ip is None:
-        return {}
-    try:
-        out = subprocess.run([ip, "-j", "-4", "addr", "show"], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=10).stdout
-        data = json.loads(out.decode() or "[]")
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return {}
+    note = None
+    if ip is not None:
+        try:
+            proc = subprocess.run([ip, "-j", "-4", "addr", "show"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=10)
+            if proc.returncode == 0:
+                result = {}
+                for link in json.loads(proc.stdout.decode() or "[]"):
+                    if isinstance(link, dict) and link.get("ifname"):
+                        result[link["ifname"]] = ["%s/%s" % (a.get("local"), a.get("prefixlen"))
+                                                  for a in link.get("addr_info", []) if a.get("local")]
+                return result, "ip", None
+            note = "ip -j -4 addr exited %d: %s" % (proc.returncode, proc.stderr.decode("utf-8", "replace")[-200:])
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            note = "ip -j -4 addr: %s" % exc
+    else:
+        note = "iproute2 `ip` not found: primary IPv4 addresses read with ioctl"
+    return _ipv4_via_ioctl(), "ioctl", note
+
+
+def _ipv4_via_ioctl():
+    import fcntl
+    import struct
+
+    siocgifaddr, siocgifnetmask = 0x8915, 0x891B
     result = {}
-    for link in data:
-        addrs = ["%s/%s" % (a.get("local"), a.get("prefixlen")) for a in link.get("addr_info", []) if a.get("local")]
-        result[link.get("ifname")] = addrs
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            request = struct.pack("256s", name.encode()[:15])
+            try:
+                addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), siocgifaddr, request)[20:24])
+                mask = fcntl.ioctl(sock.fileno(), siocgifnetmask, request)[20:24]
+            except OSError:  # no IPv4 address on this interface
+                result[name] = []
+                continue
+            prefix = bin(struct.unpack("!I", mask)[0]).count("1")
+            result[name] = ["%s/%d" % (addr, prefix)]
+    finally:
+        sock.close()
     return result
 
 
@@ -571,7 +601,7 @@ def op_probe(req):
         "commands": commands,
         "interpreters": interpreters,
         "in_use": ports_in_use(req.get("ports") or []),
-        "interfaces": _ipv4_by_interface(),
+        "interfaces": ipv4_by_interface()[0],
         "boot_id": boot_id(),
     }
 

@@ -488,10 +488,9 @@ def _ipv4_sources(ctx):
     <root>/sparkctl-ipv4.json when the sysfs root is overridden."""
     result = {}
     sources = []
-    real = _ip_addr(ctx)
-    if real is not None:
-        result.update(real)
-        sources.append("ip")
+    real, source = _ip_addr(ctx)
+    result.update(real)
+    sources.append(source)
     if ctx.overridden:
         path = os.path.join(ctx.root, IPV4_FIXTURE)
         if os.path.exists(path):
@@ -509,26 +508,9 @@ def _ipv4_sources(ctx):
 
 
 def _ip_addr(ctx):
-    ip = _which("ip")
-    if ip is None:
-        ctx.note("ip", "iproute2 `ip` not found: no IPv4 addresses")
-        return None
-    rc, out, err = _run([ip, "-j", "-4", "addr", "show"], timeout=10)
-    if rc != 0:
-        ctx.note("ip -j -4 addr", _tail(err) or "exit %d" % rc)
-        return None
-    try:
-        links = json.loads(out or "[]")
-    except ValueError as exc:
-        ctx.note("ip -j -4 addr", exc)
-        return None
-    result = {}
-    for link in links:
-        if not isinstance(link, dict) or not link.get("ifname"):
-            continue
-        result[link["ifname"]] = ["%s/%s" % (a.get("local"), a.get("prefixlen"))
-                                  for a in link.get("addr_info", []) if a.get("local")]
-    return result
+    """(addresses, source): "ip", or "ioctl" when iproute2 is missing (primary addresses only)."""
+    result, source, _ = _agent_module().ipv4_by_interface()
+    return result, source
 
 
 def _natural(name):
@@ -925,7 +907,7 @@ def parse_nvidia_smi_table(text):
                     "index": int(first.group(1)), "name": first.group(2).strip(),
                     "persistence_mode": first.group(3), "pci_bus_id": first.group(4),
                     "pci_address": normalize_pci_bus_id(first.group(4)), "display_active": first.group(5),
-                    "ecc_uncorrected": smi_value(first.group(6)),
+                    "ecc_uncorrected": _number(first.group(6), int),  # a count, or None (N/A)
                 }
                 second = _SMI_GPU_LINE2.match(lines[i + 1]) if i + 1 < len(lines) else None
                 if second:
