@@ -72,7 +72,7 @@ def test_table_without_processes_and_discrete_memory():
     )
     gpu = nvidia_smi.parse_table(discrete)["gpus"][0]
     assert (gpu["memory_used_mib"], gpu["memory_total_mib"], gpu["power_cap_w"]) == (1, 81559, 700.0)
-    assert gpu["ecc_uncorrected"] == "0"
+    assert gpu["ecc_uncorrected"] == 0
 
 
 def test_csv_noheader_gb10_na_memory():
@@ -142,4 +142,4 @@ def test_h100_captured_by_sparkctl_on_the_gpu_machine():
     ]
     (row,) = nvidia_smi.parse_csv(fixture("h100-580.159.04-query.csv"),
                                   ["index", "name", "uuid", "driver_version", "memory.total", "pci.bus_id"])
-    assert row["memory.total"] == "81559" and row["driver_version"] == "580.159.04"
+    assert row["memory.total"] == 81559 and row["driver_version"] == "580.159.04"
