@@ -251,6 +251,47 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0 if result.clean else int(ExitCode.FAILED)
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from sparkctl.ops import doctor
+
+    if args.artefact == "nccl-log":
+        report = doctor.nccl_log(args.file)
+        lines = [
+            f"transport: {report['transport']} (NCCL network {report.get('network') or '?'}, plugin {report['net_plugin'] or '-'})",
+            f"devices: {', '.join(report['devices']) or '-'}",
+            f"NCCL version: {report['nccl_version'] or 'not in the log'}",
+        ]
+        findings = report["findings"]
+    elif args.artefact == "nccl-tests":
+        report = doctor.nccl_tests(args.file, expect_busbw_gbs=args.expect_busbw)
+        lines = [f"{report['collective'] or 'collective ?'}: {len(report['rows'])} sizes, "
+                 f"average bus bandwidth {report['avg_busbw_gbs']} GB/s",
+                 f"verdict: {report['verdict']}: {report['verdict_reason']}"]
+        lines += [f"{row['size_bytes']:>12} B  {row['time_us']:>10} us  algbw {row['algbw_gbs']:>7} GB/s  busbw {row['busbw_gbs']:>7} GB/s"
+                  for row in report["rows"]]
+        findings = [{"level": "error", "code": "problem", "message": p} for p in report.get("problems") or []]
+    else:
+        report = doctor.vllm_log(args.file)
+        lines = [f"start-up stages reached: {', '.join(report['stages']) or 'none'} (furthest: {report['stage'] or '-'})"]
+        if report["kv_cache_tokens"] is not None:
+            lines.append(f"KV cache: {report['kv_cache_tokens']:,} tokens; maximum concurrency "
+                         f"{report['max_concurrency']}x at {report['max_concurrency_tokens']} tokens per request")
+        if report["last_exception"]:
+            lines.append(f"last exception: {report['last_exception']}")
+        findings = [{"level": "error", "code": f["code"], "message": f"{f['message']}: {f['line']} (hint: {f['hint']})"}
+                    for f in report["findings"]]
+    if args.json:
+        _print_json(report)
+    else:
+        for line in lines:
+            print(line)
+        for finding in findings:
+            print(f"{finding['level'].upper():7} {finding['code']}: {finding['message']}")
+        if not findings:
+            print("no problems found")
+    return int(ExitCode.FAILED) if report["problem"] else 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from sparkctl.ops.logs import read_logs
 
@@ -323,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("down", parents=[common, inv, pb, quiet], help="stop everything sparkctl started and verify nothing is left")
     p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")
     p.set_defaults(handler=cmd_down)
+
+    p = sub.add_parser("doctor", parents=[common], help="read an NCCL debug log, an nccl-tests output or a vLLM log you already have")
+    p.add_argument("artefact", choices=["nccl-log", "nccl-tests", "vllm-log"], help="what the file is")
+    p.add_argument("file", help="the file ('-' for stdin)")
+    p.add_argument("--expect-busbw", type=float, default=22.0, metavar="GBS",
+                   help="nccl-tests: the link's expected bus bandwidth in GB/s (default 22, a Spark pair)")
+    p.set_defaults(handler=cmd_doctor)
 
     p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
     p.add_argument("--node", help="only this node")
