@@ -251,6 +251,54 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0 if result.clean else int(ExitCode.FAILED)
 
 
+def cmd_nccl_probe(args: argparse.Namespace) -> int:
+    from sparkctl.ops.probe import nccl_probe
+    from sparkctl.probes.allreduce import ProbeOptions, parse_size, render_report
+
+    if args.plot:
+        from sparkctl.probes.plot import require_matplotlib
+
+        require_matplotlib()  # before minutes of measuring, not after
+    try:
+        sizes = tuple(parse_size(s) for s in args.sizes.split(",")) if args.sizes else None
+        options = ProbeOptions(
+            min_bytes=parse_size(args.min_size),
+            max_bytes=parse_size(args.max_size),
+            factor=args.factor,
+            sizes=sizes,
+            modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
+            dtype=args.dtype,
+            backend=args.backend,
+            warmup=args.warmup,
+            min_iters=args.min_iters,
+            max_iters=args.max_iters,
+            time_budget_s=args.time_budget,
+            expect_busbw_gbs=args.expect_busbw,
+            degraded_fraction=args.degraded_fraction,
+            max_small_latency_us=args.max_small_latency,
+            small_size=parse_size(args.small_size),
+            engine=args.engine,
+            nccl_tests_binary=args.nccl_tests,
+            timeout_s=args.timeout,
+            master_port=args.port,
+        )
+    except ValueError as exc:
+        raise InputError(f"invalid probe option: {exc}") from None
+    inventory, playbook = _load(args, playbook="optional")
+    report = nccl_probe(inventory, playbook, options, _reporter(args), python=args.python)
+    if args.plot:
+        from sparkctl.probes.plot import plot
+
+        plot(report, args.plot)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(render_report(report))
+        if args.plot:
+            print(f"plot: {args.plot}")
+    return int(ExitCode.FAILED) if report.verdict == "degraded" else 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from sparkctl.ops import doctor
 
@@ -364,6 +412,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("down", parents=[common, inv, pb, quiet], help="stop everything sparkctl started and verify nothing is left")
     p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")
     p.set_defaults(handler=cmd_down)
+
+    p = sub.add_parser("nccl-probe", parents=[common, inv, pb, quiet],
+                       help="all-reduce sweep across the nodes (NCCL on GPUs, gloo on CPUs): latency, bandwidth, transport")
+    p.add_argument("--python", help="interpreter with torch on the nodes (default: the playbook's vLLM Python, else python3)")
+    p.add_argument("--sizes", help="explicit sizes, e.g. 8,4K,1M,1G (overrides --min-size/--max-size)")
+    p.add_argument("--min-size", default="8", help="smallest message (default 8)")
+    p.add_argument("--max-size", default="1G", help="largest message (default 1G; never more is allocated)")
+    p.add_argument("--factor", type=int, default=2, help="size step (default 2)")
+    p.add_argument("--modes", default="eager,graph", help="eager and/or graph (CUDA graphs, GPU only); default both")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
+    p.add_argument("--backend", default="auto", help="auto (nccl with GPUs, gloo without), nccl or gloo")
+    p.add_argument("--warmup", type=int, default=5, help="warm-up iterations per size (default 5)")
+    p.add_argument("--min-iters", type=int, default=20, help="timed iterations per size, at least (default 20)")
+    p.add_argument("--max-iters", type=int, default=1000, help="timed iterations per size, at most (default 1000)")
+    p.add_argument("--time-budget", type=float, default=0.25, help="seconds of timed work per size and mode (default 0.25)")
+    p.add_argument("--expect-busbw", type=float, default=22.0, metavar="GBS", help="expected large-message bus bandwidth (default 22, a Spark pair)")
+    p.add_argument("--degraded-fraction", type=float, default=0.8, help="degraded below this fraction of --expect-busbw (default 0.8)")
+    p.add_argument("--max-small-latency", type=float, default=50.0, metavar="US", help="small-message latency limit in µs (default 50)")
+    p.add_argument("--small-size", default="8K", help="the size the latency limit applies to (default 8K)")
+    p.add_argument("--engine", default="torch", choices=["torch", "nccl-tests"], help="torch (default) or nccl-tests' all_reduce_perf via mpirun")
+    p.add_argument("--nccl-tests", default="all_reduce_perf", metavar="PATH", help="all_reduce_perf on the nodes (engine nccl-tests)")
+    p.add_argument("--port", type=int, help="rendezvous port (default: the first free one from 29500)")
+    p.add_argument("--timeout", type=float, help="seconds for the whole probe (default: derived from the sweep)")
+    p.add_argument("--plot", metavar="FILE.png", help="draw latency and bus bandwidth against size (needs matplotlib)")
+    p.set_defaults(handler=cmd_nccl_probe)
 
     p = sub.add_parser("doctor", parents=[common], help="read an NCCL debug log, an nccl-tests output or a vLLM log you already have")
     p.add_argument("artefact", choices=["nccl-log", "nccl-tests", "vllm-log"], help="what the file is")

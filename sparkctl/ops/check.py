@@ -13,8 +13,9 @@ from typing import Any
 from sparkctl.checks import ClusterSpec, CheckReport, NetworkPlan, check_cluster, derive_plan
 from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
 from sparkctl.checks.findings import Status
-from sparkctl.errors import InputError, SparkctlError
+from sparkctl.errors import ConnectionFailed, InputError, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
+from sparkctl.netplan import HostPlan
 from sparkctl.ops.nodes import Nodes
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
@@ -54,6 +55,33 @@ def gather_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts
             continue
         facts[name], timing[name] = outcome.value  # type: ignore[misc]
     return Facts(facts, timing, unreachable)
+
+
+def reachable_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts:
+    """Every node's facts; commands that start processes cannot go on without all of them."""
+    facts = gather_facts(nodes, spec, inventory)
+    if facts.unreachable:
+        errors = list(facts.unreachable.values())
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConnectionFailed(
+            f"{len(errors)} node(s) could not be reached", details=[str(e) for e in errors], hint=errors[0].hint
+        )
+    failed = [f"{name}: {(f or {}).get('error')}" for name, f in facts.by_node.items() if not (f or {}).get("ok")]
+    if failed:
+        raise OperationFailed("facts could not be gathered on every node", details=failed)
+    return facts
+
+
+def host_plans(spec: ClusterSpec, facts: Facts) -> dict[str, HostPlan]:
+    """The per-host network plan every launcher uses (raises when it cannot be derived)."""
+    return derive_plan(spec, facts.by_node).require()
+
+
+def network_plan(nodes: Nodes, inventory: Inventory, playbook: Playbook | None) -> dict[str, HostPlan]:
+    """Facts from every node, then the per-host plan: for probes and jobs that need no checks."""
+    spec = ClusterSpec.from_config(inventory, playbook)
+    return host_plans(spec, reachable_facts(nodes, spec, inventory))
 
 
 def probe_reach(nodes: Nodes, spec: ClusterSpec, inventory: Inventory, facts: Facts, plan: NetworkPlan) -> None:

@@ -21,10 +21,10 @@ from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_pref
 from sparkctl.backends.mp import plan_mp
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
-from sparkctl.errors import ConnectionFailed, InputError, Interrupted, OperationFailed, SparkctlError
+from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
-from sparkctl.ops.check import Facts, gather_facts, probe_reach, refusals
+from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
 from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.stop import stop_all
 from sparkctl.playbook import Playbook, check_against_inventory
@@ -101,8 +101,8 @@ def up(
     with store.locked("up"), NodeSession(inventory) as session:
         nodes = Nodes(inventory, session)
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
-        facts = _reachable_facts(nodes, spec, inventory)
-        plans = _plan(spec, facts)
+        facts = reachable_facts(nodes, spec, inventory)
+        plans = host_plans(spec, facts)
         specs = plan_mp(inventory, playbook, plans)
         endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
         current = _already_serving(nodes, inventory, specs, endpoint, playbook)
@@ -114,8 +114,8 @@ def up(
             _save(store, inventory, playbook, result)
             return result
         if _stop_leftovers(nodes, inventory, playbook, reporter):
-            facts = _reachable_facts(nodes, spec, inventory)  # ports and memory changed
-            plans = _plan(spec, facts)
+            facts = reachable_facts(nodes, spec, inventory)  # ports and memory changed
+            plans = host_plans(spec, facts)
             specs = plan_mp(inventory, playbook, plans)
         _preflight_checks(nodes, spec, inventory, facts, reporter, ignore_checks)
         launched: dict[str, dict] = {}
@@ -166,26 +166,6 @@ def up(
         }
         _save(store, inventory, playbook, result)
         return result
-
-
-def _reachable_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts:
-    """Every node's facts (one round trip each); `up` cannot go on without all of them."""
-    facts = gather_facts(nodes, spec, inventory)
-    if facts.unreachable:
-        errors = list(facts.unreachable.values())
-        if len(errors) == 1:
-            raise errors[0]
-        raise ConnectionFailed(
-            f"{len(errors)} node(s) could not be reached", details=[str(e) for e in errors], hint=errors[0].hint
-        )
-    failed = [f"{name}: {(f or {}).get('error')}" for name, f in facts.by_node.items() if not (f or {}).get("ok")]
-    if failed:
-        raise OperationFailed("facts could not be gathered on every node", details=failed)
-    return facts
-
-
-def _plan(spec: ClusterSpec, facts: Facts) -> dict[str, HostPlan]:
-    return derive_plan(spec, facts.by_node).require()
 
 
 def _preflight_checks(
