@@ -72,3 +72,12 @@ def test_bad_inputs_exit_2(tmp_path):
     empty.write_text("no table here\n")
     rc, _, err = doctor("nccl-tests", str(empty))
     assert rc == 2 and "no nccl-tests result rows" in err
+
+
+def test_single_rank_h100_log_is_not_a_socket_fallback():
+    """Captured by sparkctl's probe on an H100 (world size 1): NCCL picks the
+    Socket net plugin because no HCA exists, but no traffic crosses it."""
+    rc, report, _ = doctor("nccl-log", str(FIX / "nccl-debug" / "h100-single-rank-2.28.9.log"))
+    assert report["nranks"] == 1 and report["nccl_version"] == "2.28.9+cuda13.0"
+    assert report["transport"] == "unknown" and report["network"] == "socket"
+    assert "socket-fallback" not in {f["code"] for f in report["findings"]} and rc == 0
