@@ -9,7 +9,7 @@ must exist at the same absolute path on every node, like the model itself.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -53,6 +53,37 @@ RESERVED_VLLM_FLAGS = {
 
 SERVING_BACKENDS = ("mp", "ray")
 
+# `ray start` flags that sparkctl sets itself (per node, from the inventory and
+# the `ray:` keys); passing them in ray.extra_args would contradict the plan.
+RESERVED_RAY_FLAGS = {
+    "--head": "the inventory's head node",
+    "--address": "the inventory's head node and ray.gcs_port",
+    "--block": "sparkctl (it owns each node's Ray by that process's pid)",
+    "--node-ip-address": "nodes[].fabric_ip (each node's own fabric address)",
+    "--port": "ray.gcs_port",
+    "--num-gpus": "ray.num_gpus_per_node",
+    "--temp-dir": "sparkctl (a short per-node folder, see docs/backends.md)",
+    "--resources": "sparkctl (it tags every node with its inventory name)",
+    "--object-store-memory": "ray.object_store_memory_mb",
+    "--include-dashboard": "ray.dashboard",
+    "--dashboard-host": "ray.dashboard (the dashboard listens on 127.0.0.1 only)",
+    "--disable-usage-stats": "sparkctl (always disabled)",
+}
+
+
+class RaySection(BaseModel):
+    """`ray:`: how sparkctl brings up Ray for `backend: ray` (ignored with mp)."""
+
+    model_config = _STRICT
+
+    command: list[Text] | None = Field(default=None, min_length=1)
+    gcs_port: Port = 6379
+    num_gpus_per_node: int | None = Field(default=None, ge=1, le=64)
+    object_store_memory_mb: int | None = Field(default=None, ge=80, le=4 * 1024 * 1024)
+    dashboard: bool = False
+    extra_args: list[Text] = Field(default_factory=list)
+    join_timeout_s: float = Field(default=180.0, gt=0, le=3600)
+
 
 class VllmSection(BaseModel):
     model_config = _STRICT
@@ -73,6 +104,7 @@ class PlaybookFile(BaseModel):
     port: Port = 8000
     master_port: Port = 29501
     vllm: VllmSection = Field(default_factory=VllmSection)
+    ray: RaySection = Field(default_factory=RaySection)
     vllm_args: list[Text] = Field(default_factory=list)
     env: Env = Field(default_factory=dict)
     forward_env: list[EnvName] = Field(default_factory=list)
@@ -93,6 +125,20 @@ class PlaybookFile(BaseModel):
 
 
 @dataclass(frozen=True)
+class RaySettings:
+    """The resolved `ray:` section. `command` is None when the playbook does not
+    name one: sparkctl then uses the `ray` next to vLLM's Python (see ray_command)."""
+
+    command: tuple[str, ...] | None = None
+    gcs_port: int = 6379
+    num_gpus_per_node: int | None = None
+    object_store_memory_mb: int | None = None
+    dashboard: bool = False
+    extra_args: tuple[str, ...] = ()
+    join_timeout_s: float = 180.0
+
+
+@dataclass(frozen=True)
 class Playbook:
     path: str
     model: str
@@ -109,6 +155,7 @@ class Playbook:
     forward_env: tuple[str, ...]
     ready_timeout_s: float
     stop_grace_s: float
+    ray: RaySettings = field(default_factory=RaySettings)
 
     @property
     def world_size(self) -> int:
@@ -140,6 +187,17 @@ def _semantic_problems(pb: PlaybookFile, loaded: LoadedYaml) -> list[Problem]:
             problems.append(
                 loaded.problem(("vllm_args", i), f"{flag} is set by sparkctl; use the playbook key {RESERVED_VLLM_FLAGS[flag]}")
             )
+    for i, arg in enumerate(pb.ray.extra_args):
+        flag = arg.split("=", 1)[0]
+        if flag in RESERVED_RAY_FLAGS:
+            problems.append(
+                loaded.problem(("ray", "extra_args", i), f"{flag} is set by sparkctl; use {RESERVED_RAY_FLAGS[flag]}")
+            )
+    if 10002 <= pb.ray.gcs_port <= 19999:
+        problems.append(
+            loaded.problem(("ray", "gcs_port"), f"{pb.ray.gcs_port} is inside Ray's worker port range 10002-19999; "
+                           "choose a port outside it (the default is 6379)")
+        )
     for i, name in enumerate(pb.forward_env):
         if name in pb.env:
             problems.append(loaded.problem(("forward_env", i), f"{name} is also set in env; keep secrets only in forward_env"))
@@ -172,6 +230,15 @@ def _resolve(pb: PlaybookFile, path: str) -> Playbook:
         forward_env=tuple(pb.forward_env),
         ready_timeout_s=pb.ready_timeout_s,
         stop_grace_s=pb.stop_grace_s,
+        ray=RaySettings(
+            command=tuple(_relative_to(base, part) for part in pb.ray.command) if pb.ray.command else None,
+            gcs_port=pb.ray.gcs_port,
+            num_gpus_per_node=pb.ray.num_gpus_per_node,
+            object_store_memory_mb=pb.ray.object_store_memory_mb,
+            dashboard=pb.ray.dashboard,
+            extra_args=tuple(pb.ray.extra_args),
+            join_timeout_s=pb.ray.join_timeout_s,
+        ),
     )
 
 
@@ -180,6 +247,18 @@ def _relative_to(base: str, value: str) -> str:
     if value.startswith("./") or value.startswith("../"):
         return os.path.normpath(os.path.join(base, value))
     return value
+
+
+def ray_command(playbook: Playbook) -> tuple[str, ...]:
+    """How `ray` is invoked on the nodes: ray.command, else the `ray` script in
+    the folder of vLLM's interpreter or console script (Ray must live in the same
+    environment as vLLM, which imports it), else `ray` on the PATH."""
+    if playbook.ray.command:
+        return playbook.ray.command
+    first = playbook.vllm_command[0]
+    if os.path.isabs(first):
+        return (os.path.join(os.path.dirname(first), "ray"),)
+    return ("ray",)
 
 
 def check_against_inventory(playbook: Playbook, inventory: Inventory) -> list[str]:
@@ -191,5 +270,12 @@ def check_against_inventory(playbook: Playbook, inventory: Inventory) -> list[st
         problems.append(
             f"{playbook.path}: tensor_parallel_size x pipeline_parallel_size = {playbook.world_size}, but "
             f"{inventory.path} has {nodes} node(s) x {gpus} GPU(s) = {nodes * gpus}; they must be equal"
+        )
+    declared = playbook.ray.num_gpus_per_node
+    if playbook.backend == "ray" and declared is not None and declared * nodes != playbook.world_size:
+        problems.append(
+            f"{playbook.path}: ray.num_gpus_per_node = {declared} gives Ray {nodes} node(s) x {declared} = "
+            f"{nodes * declared} GPU(s), but tensor_parallel_size x pipeline_parallel_size = {playbook.world_size}; "
+            "vLLM needs exactly one GPU per rank"
         )
     return problems
