@@ -221,6 +221,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             for rec in node.records:
                 alive = "yes" if rec.get("alive") else "NO"
                 print(f"  {name:<12} {node.role:<7} {str(rec.get('role')):<8} {rec.get('pid')!s:>8}  {alive:<5}  {rec.get('log')}")
+        if result.ray is not None:
+            ray = result.ray
+            if ray.get("error"):
+                print(f"  Ray: {ray.get('address', '?')}: {ray['error']}")
+            elif ray.get("running"):
+                joined = ", ".join(f"{r['node'] or '?'} ({r.get('address')})" for r in ray.get("nodes", []) if r.get("alive"))
+                print(f"  Ray {ray.get('ray_version', '')} at {ray['address']}: nodes {joined or 'none'}; "
+                      f"resources {ray.get('resources')}")
+                if ray.get("missing"):
+                    print(f"  Ray is missing: {', '.join(ray['missing'])}")
     return {"serving": 0, "stopped": 0, "unreachable": int(ExitCode.UNREACHABLE)}.get(result.state, int(ExitCode.FAILED))
 
 
@@ -299,6 +309,33 @@ def cmd_nccl_probe(args: argparse.Namespace) -> int:
     return int(ExitCode.FAILED) if report.verdict == "degraded" else 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from sparkctl.ops.run import RunOptions, render_generate, render_throughput, run_offline
+
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise InputError(f"--batch-sizes takes whole numbers separated by commas, got {args.batch_sizes!r}") from None
+    options = RunOptions(
+        input_path=args.input,
+        output_path=args.output,
+        max_tokens=args.max_tokens,
+        batch_sizes=batch_sizes,
+        prompt_tokens=args.prompt_tokens,
+        repeats=args.repeats,
+        seed=args.seed,
+        master_port=args.master_port,
+        timeout_s=args.timeout,
+    )
+    inventory, playbook = _load(args, playbook="required")
+    result = run_offline(inventory, playbook, args.job, options, _reporter(args))
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        print(render_throughput(result) if args.job == "throughput" else render_generate(result))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from sparkctl.ops import doctor
 
@@ -344,7 +381,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from sparkctl.ops.logs import read_logs
 
     inventory, _ = _load(args, playbook="none")
-    logs = read_logs(inventory, node=args.node, lines=args.lines)
+    logs = read_logs(inventory, node=args.node, lines=args.lines, role=args.role)
     if args.json:
         _print_json({"cluster": inventory.cluster, "nodes": logs})
         return 0
@@ -438,6 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw latency and bus bandwidth against size (needs matplotlib)")
     p.set_defaults(handler=cmd_nccl_probe)
 
+    p = sub.add_parser("run", parents=[common, inv, pb, quiet],
+                       help="an offline SPMD job in a torchrun group (vLLM external_launcher): generate or throughput")
+    p.add_argument("job", choices=["generate", "throughput"], help="generate: prompts in, outputs out; throughput: batch-size sweep")
+    p.add_argument("--input", help="generate: prompts, one per line or JSONL with a 'prompt' key")
+    p.add_argument("--output", help="generate: where to write the outputs (JSONL)")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per prompt (default 64)")
+    p.add_argument("--batch-sizes", default="1,2,4,8", help="throughput: batch sizes (default 1,2,4,8)")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="throughput: tokens per prompt (default 32)")
+    p.add_argument("--repeats", type=int, default=3, help="throughput: batches per batch size (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="the seed every rank uses (default 0)")
+    p.add_argument("--master-port", type=int, default=29541, help="torchrun rendezvous port (the next free one if busy)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole job, model load included")
+    p.set_defaults(handler=cmd_run)
+
     p = sub.add_parser("doctor", parents=[common], help="read an NCCL debug log, an nccl-tests output or a vLLM log you already have")
     p.add_argument("artefact", choices=["nccl-log", "nccl-tests", "vllm-log"], help="what the file is")
     p.add_argument("file", help="the file ('-' for stdin)")
@@ -448,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
     p.add_argument("--node", help="only this node")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines per node (default 50)")
+    p.add_argument("--role", default="vllm", help="whose log: vllm (default), ray, probe or job")
     p.set_defaults(handler=cmd_logs)
     return parser
 

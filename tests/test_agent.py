@@ -239,3 +239,53 @@ def test_ipv4_without_iproute2_uses_the_kernel_ioctls():
     for name, cidrs in full.items():
         if cidrs:
             assert fallback[name] and fallback[name][0] in cidrs
+
+
+def test_processes_that_lost_the_tag_are_still_ours(agent):
+    """setproctitle (vLLM's VLLM:: workers, Ray's agents) can wipe the environment
+    /proc shows; an untagged member of our session, or a descendant that even left
+    the session, must still be found and stopped. A bystander must not."""
+    leader = launch(
+        agent,
+        ["sh", "-c", "env -i sleep 60 & env -i setsid sleep 61 & wait"],
+        role="family",
+        launch_id="family/1",
+    )["process"]["pid"]
+    bystander = subprocess.Popen(["env", "-i", "sleep", "62"], start_new_session=True)
+    try:
+        deadline = time.time() + 10
+        ours = []
+        while time.time() < deadline:
+            ours = node_agent.our_processes(agent.prefix, str(agent.tmp / "procs"))
+            if len(ours) >= 3:
+                break
+            time.sleep(0.1)
+        why = {p["cmdline"]: p["why"] for p in ours}
+        assert why == {"sh -c env -i sleep 60 & env -i setsid sleep 61 & wait": "tag", "sleep 60": "session",
+                       "sleep 61": "descendant"}, why
+        assert node_agent.tagged_processes(agent.prefix)[0]["pid"] == leader  # the tag alone finds only the shell
+        result = agent("stop", tag_prefix=agent.prefix, grace_s=2, record_dir=str(agent.tmp / "procs"))
+        assert result["ok"] and len(result["stopped"]) == 3
+        assert node_agent.our_processes(agent.prefix, str(agent.tmp / "procs")) == []
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_reused_session_number_is_not_ours(agent, tmp_path):
+    """A record whose pid now belongs to another process (other start time) names no session of ours."""
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        folder = tmp_path / "fake-procs"
+        folder.mkdir()
+        stat = node_agent.proc_stat(other.pid)
+        (folder / "old.json").write_text(json.dumps({
+            "role": "old", "pid": other.pid, "starttime": stat[3] - 1, "boot_id": node_agent.boot_id(),
+            "tag": agent.prefix + "old/1",
+        }))
+        assert node_agent.our_sessions(agent.prefix, str(folder)) == {}
+        assert node_agent.our_processes(agent.prefix, str(folder)) == []
+    finally:
+        other.kill()
+        other.wait()

@@ -250,3 +250,43 @@ def test_ray_left_behind_by_a_tag_only_stop_is_found_and_stopped(make_vcluster, 
     finally:
         with NodeSession(inventory) as session:
             stop_ray(Nodes(inventory, session), inventory, reporter, grace_s=5)
+
+
+def test_sparkctl_up_with_ray_on_cpu_fails_with_the_cause_and_leaves_nothing(make_vcluster, tmp_path, _remove_ray_temp_dirs):
+    """The real CLI: checks, Ray on both nodes, membership, `vllm serve` on Ray,
+    vLLM for CPU's own refusal shown with its hint, everything stopped."""
+    import json as jsonlib
+
+    from tests.conftest import sparkctl
+
+    cluster, inventory, _ = setup(make_vcluster, tmp_path, 2, _remove_ray_temp_dirs)
+    inv, pb = str(tmp_path / "inv.yaml"), str(tmp_path / "pb-ray.yaml")
+    result = sparkctl("up", "-i", inv, "-p", pb, "--json")
+    assert result.returncode == 1, result.stderr
+    error = jsonlib.loads(result.stdout)
+    assert "vLLM exited during start-up" in error["message"]
+    assert "use backend: mp on CPU" in (error["hint"] or "")
+    assert "every inventory node joined" in result.stderr or "joined" in result.stderr
+    assert_nothing_left(cluster, inventory)
+    down = sparkctl("down", "-i", inv, "--json")
+    assert down.returncode == 0 and jsonlib.loads(down.stdout)["nothing_to_stop"]
+
+
+def test_down_without_state_stops_a_ray_cluster(make_vcluster, tmp_path, _remove_ray_temp_dirs):
+    import json as jsonlib
+
+    from tests.conftest import sparkctl
+
+    cluster, inventory, playbook = setup(make_vcluster, tmp_path, 2, _remove_ray_temp_dirs)
+    inv = str(tmp_path / "inv.yaml")
+    with NodeSession(inventory) as session:
+        nodes = Nodes(inventory, session)
+        start_ray_cluster(nodes, inventory, playbook, network_plans(nodes, inventory, playbook), RecordingReporter())
+    status = sparkctl("status", "-i", inv, "--json")
+    view = jsonlib.loads(status.stdout)["ray"]
+    assert view["running"] and not view.get("missing"), view
+    down = sparkctl("down", "-i", inv, "--json")  # no state file: this process never ran `up`
+    assert down.returncode == 0, down.stderr
+    report = jsonlib.loads(down.stdout)
+    assert report["clean"] and not report["nothing_to_stop"] and not report["had_state"]
+    assert_nothing_left(cluster, inventory)

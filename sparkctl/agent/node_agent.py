@@ -36,7 +36,7 @@ def _read(path, limit=1 << 20):
 
 
 def proc_stat(pid):
-    """(state, ppid, pgid, starttime) of a pid, or None when it is gone."""
+    """(state, ppid, pgid, starttime, sid) of a pid, or None when it is gone."""
     try:
         raw = _read("/proc/%d/stat" % pid).decode("utf-8", "replace")
     except (OSError, ValueError):
@@ -44,7 +44,7 @@ def proc_stat(pid):
     # comm may contain spaces and parentheses: split after the last ')'.
     rest = raw[raw.rfind(")") + 2:].split()
     try:
-        return rest[0], int(rest[1]), int(rest[2]), int(rest[19])
+        return rest[0], int(rest[1]), int(rest[2]), int(rest[19]), int(rest[3])
     except (IndexError, ValueError):
         return None
 
@@ -99,34 +99,74 @@ def uptime_s():
         return 0.0
 
 
-def tagged_processes(prefix):
-    """Live (non-zombie) processes whose SPARKCTL_TAG starts with prefix."""
+def our_sessions(prefix, record_dir):
+    """{session id: leader start time} of the launches recorded for prefix on
+    this boot. A launch calls setsid, so its pid is the session id of all it
+    starts; a leader pid now held by another process means the session is gone."""
+    sessions = {}
+    if not record_dir:
+        return sessions
+    current = boot_id()
+    for rec in _records(record_dir):
+        pid, start = rec.get("pid"), rec.get("starttime")
+        if not str(rec.get("tag", "")).startswith(prefix) or rec.get("boot_id") != current or not pid or start is None:
+            continue
+        stat = proc_stat(pid)
+        if stat is not None and stat[3] != start:
+            continue  # the pid was reused: that number no longer names our session
+        sessions[pid] = start
+    return sessions
+
+
+def our_processes(prefix, record_dir=None):
+    """Live (non-zombie) processes that sparkctl started under prefix.
+
+    Ours is: carrying SPARKCTL_TAG=<prefix>..., or a member of a session a
+    recorded launch created, or a descendant of either. The tag alone is not
+    enough: setproctitle (vLLM's `VLLM::` workers, Ray's agents) can overwrite
+    the environment block that /proc/<pid>/environ shows."""
     me = os.getpid()
-    found = []
-    ticks = clock_ticks()
-    now = uptime_s()
+    sessions = our_sessions(prefix, record_dir)
+    table = {}
     for pid in all_pids():
         if pid == me:
             continue
-        tag = proc_tag(pid)
-        if tag is None or not tag.startswith(prefix):
-            continue
         stat = proc_stat(pid)
-        if stat is None or stat[0] == "Z":
-            continue
-        found.append(
-            {
-                "pid": pid,
-                "ppid": stat[1],
-                "pgid": stat[2],
-                "starttime": stat[3],
-                "age_s": round(max(0.0, now - stat[3] / float(ticks)), 1),
-                "state": stat[0],
-                "tag": tag,
-                "cmdline": proc_cmdline(pid),
-            }
-        )
-    return found
+        if stat is not None and stat[0] != "Z":
+            table[pid] = stat
+    found = {}
+    for pid, stat in table.items():
+        tag = proc_tag(pid)
+        if tag is not None and tag.startswith(prefix):
+            found[pid] = ("tag", tag)
+        elif stat[4] in sessions and stat[3] >= sessions[stat[4]]:
+            found[pid] = ("session", tag)
+    children = {}
+    for pid, stat in table.items():
+        children.setdefault(stat[1], []).append(pid)
+    pending = list(found)
+    while pending:  # descendants that left the session (setsid) or lost the tag
+        for child in children.get(pending.pop(), []):
+            if child not in found:
+                found[child] = ("descendant", proc_tag(child))
+                pending.append(child)
+    ticks = clock_ticks()
+    now = uptime_s()
+    result = []
+    for pid in sorted(found):
+        stat = table[pid]
+        why, tag = found[pid]
+        result.append({
+            "pid": pid, "ppid": stat[1], "pgid": stat[2], "sid": stat[4], "starttime": stat[3],
+            "age_s": round(max(0.0, now - stat[3] / float(ticks)), 1), "state": stat[0],
+            "tag": tag, "why": why, "cmdline": proc_cmdline(pid),
+        })
+    return result
+
+
+def tagged_processes(prefix):
+    """Processes carrying the tag (no records consulted): for callers without a record folder."""
+    return our_processes(prefix, None)
 
 
 def is_alive(pid, starttime):
@@ -398,7 +438,7 @@ def op_status(req):
             except (OSError, ValueError):
                 exit_info = None
         records.append(dict(rec, alive=alive, exit=exit_info))
-    procs = tagged_processes(prefix)
+    procs = our_processes(prefix, req["record_dir"])
     logs = [_read_from(_expand(item["path"]), item.get("offset")) for item in req.get("logs") or []]
     return {
         "ok": True,
@@ -419,7 +459,7 @@ def _signal_targets(procs, sig):
     ours = set(p["pid"] for p in procs)
     sent = []
     for pgid, members in by_group.items():
-        group_pids = [pid for pid in all_pids() if (proc_stat(pid) or (None, None, None))[2] == pgid]
+        group_pids = [pid for pid in all_pids() if (proc_stat(pid) or (None, None, None, None, None))[2] == pgid]
         if group_pids and set(group_pids) <= ours:
             try:
                 os.killpg(pgid, sig)
@@ -437,29 +477,35 @@ def _signal_targets(procs, sig):
 
 
 def op_stop(req):
-    """SIGTERM everything tagged with the prefix, wait, SIGKILL what is left, verify."""
+    """SIGTERM everything of the prefix (tag, session, descendants), wait,
+    SIGKILL what is left, verify."""
     prefix = req["tag_prefix"]
+    record_dir = req.get("record_dir")
     grace = float(req.get("grace_s", 30))
     started = time.time()
-    procs = tagged_processes(prefix)
-    stopped = [{"pid": p["pid"], "cmdline": p["cmdline"][:200]} for p in procs]
+
+    def ours():
+        return our_processes(prefix, record_dir)
+
+    procs = ours()
+    stopped = [{"pid": p["pid"], "cmdline": p["cmdline"][:200], "why": p["why"]} for p in procs]
     killed = []
     if procs:
         _signal_targets(procs, signal.SIGTERM)
         deadline = started + grace
         while time.time() < deadline:
-            procs = tagged_processes(prefix)
+            procs = ours()
             if not procs:
                 break
             time.sleep(0.2)
-        procs = tagged_processes(prefix)
+        procs = ours()
         if procs:
             killed = [p["pid"] for p in procs]
             _signal_targets(procs, signal.SIGKILL)
             kill_deadline = time.time() + 10
-            while time.time() < kill_deadline and tagged_processes(prefix):
+            while time.time() < kill_deadline and ours():
                 time.sleep(0.1)
-    remaining = tagged_processes(prefix)
+    remaining = ours()
     removed = []
     if not remaining and req.get("record_dir"):
         folder = _expand(req["record_dir"])

@@ -12,7 +12,6 @@ if TYPE_CHECKING:  # imported lazily so the checks stay usable without pydantic 
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default
 DEFAULT_CPU_KVCACHE_GIB = 4.0  # vLLM CPU's default VLLM_CPU_KVCACHE_SPACE
-RAY_PORT = 6379
 
 
 @dataclass(frozen=True)
@@ -79,9 +78,9 @@ class ClusterSpec:
         for n in inventory.nodes:
             ports: tuple[int, ...] = ()
             if playbook is not None and n.is_head:
-                ports = (playbook.port,) + ((playbook.master_port,) if multi else ())
-                if playbook.backend == "ray":
-                    ports += (RAY_PORT,)
+                # Ray's GCS port is not listed: `up` moves to the next free one when it is taken.
+                rendezvous = multi and playbook.backend == "mp"
+                ports = (playbook.port,) + ((playbook.master_port,) if rendezvous else ())
             nodes.append(NodeSpec(name=n.name, role=n.role, host=n.host, fabric_ip=n.fabric_ip, gpus=n.gpus,
                                   env=dict(n.env), ports=ports))
         kwargs: dict = {}

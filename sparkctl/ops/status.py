@@ -9,6 +9,7 @@ from typing import Any
 from sparkctl.backends.common import record_dir, tag_prefix
 from sparkctl.inventory import Inventory
 from sparkctl.ops.nodes import Nodes
+from sparkctl.ops.ray_cluster import ray_view
 from sparkctl.playbook import Playbook
 from sparkctl.remote.session import NodeSession
 from sparkctl.serve.endpoint import Endpoint
@@ -41,6 +42,7 @@ class StatusResult:
     models: list[str]
     nodes: dict[str, NodeStatus]
     recorded: dict[str, Any] | None
+    ray: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class StatusResult:
             "models": self.models,
             "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
             "recorded": self.recorded,
+            "ray": self.ray,
         }
 
 
@@ -58,12 +61,16 @@ def status(inventory: Inventory, *, playbook: Playbook | None = None) -> StatusR
     from sparkctl.ops.up import endpoint_url  # local: up imports a lot that status does not need
 
     recorded = StateStore.for_cluster(inventory.cluster).load()
+    ray: dict[str, Any] | None = None
     with NodeSession(inventory) as session:
-        outcomes = Nodes(inventory, session).call_all(
+        nodes_api = Nodes(inventory, session)
+        outcomes = nodes_api.call_all(
             "status",
             lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
             timeout_s=30,
         )
+        if any(r.get("role") == "ray" for o in outcomes.values() if o.value for r in o.value.get("records", [])):
+            ray = ray_view(nodes_api, inventory)  # Ray's own view beside sparkctl's
     nodes: dict[str, NodeStatus] = {}
     for node in inventory.nodes:
         outcome = outcomes[node.name]
@@ -86,7 +93,10 @@ def status(inventory: Inventory, *, playbook: Playbook | None = None) -> StatusR
         health = endpoint.health().status
         if health == 200:
             _, models = endpoint.model_ids()
-    return StatusResult(inventory.cluster, _overall(nodes, health), url, health, models, nodes, recorded)
+    state = _overall(nodes, health)
+    if state == "serving" and ray is not None and (ray.get("missing") or ray.get("unexpected") or ray.get("error")):
+        state = "degraded"
+    return StatusResult(inventory.cluster, state, url, health, models, nodes, recorded, ray)
 
 
 def _overall(nodes: dict[str, NodeStatus], health: int | None) -> str:

@@ -25,7 +25,9 @@ from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlEr
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
+from sparkctl.backends.ray import RayPlan
 from sparkctl.ops.nodes import Nodes
+from sparkctl.ops.ray_cluster import launch_ray_backend, prepare_ray, stop_ray
 from sparkctl.ops.stop import stop_all
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
@@ -89,11 +91,6 @@ def up(
     problems = check_against_inventory(playbook, inventory)
     if problems:
         raise InputError("the playbook does not fit the inventory", details=problems)
-    if playbook.backend != "mp":
-        raise InputError(
-            f"backend {playbook.backend!r} is not available in this version of sparkctl",
-            hint="use backend: mp (vLLM's native multi-node launch)",
-        )
     secrets = forwarded_secrets(playbook, environ)
     store = StateStore.for_cluster(inventory.cluster)
     spec = ClusterSpec.from_config(inventory, playbook)
@@ -103,7 +100,7 @@ def up(
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
         facts = reachable_facts(nodes, spec, inventory)
         plans = host_plans(spec, facts)
-        specs = plan_mp(inventory, playbook, plans)
+        ray_plan, specs = _plan_backend(nodes, inventory, playbook, plans, reporter)
         endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
         current = _already_serving(nodes, inventory, specs, endpoint, playbook)
         if current is not None:
@@ -111,26 +108,30 @@ def up(
             result = _result("already-up", inventory, playbook, endpoint, current, plans)
             previous = store.load() or {}
             result.kv_cache = previous.get("kv_cache", {})
-            _save(store, inventory, playbook, result)
+            _save(store, inventory, playbook, result, ray_plan)
             return result
         if _stop_leftovers(nodes, inventory, playbook, reporter):
             facts = reachable_facts(nodes, spec, inventory)  # ports and memory changed
             plans = host_plans(spec, facts)
-            specs = plan_mp(inventory, playbook, plans)
+            ray_plan, specs = _plan_backend(nodes, inventory, playbook, plans, reporter)
         _preflight_checks(nodes, spec, inventory, facts, reporter, ignore_checks)
         launched: dict[str, dict] = {}
         try:
             launch_started = time.monotonic()
-            launched = _launch_all(nodes, inventory, specs, secrets, reporter)
+            if ray_plan is not None:
+                launch = launch_ray_backend(nodes, inventory, playbook, plans, secrets, reporter, plan=ray_plan)
+                launched, watch = launch.launched, launch.specs
+            else:
+                launched, watch = _launch_all(nodes, inventory, specs, secrets, reporter), specs
             launched_at = time.monotonic()
             result = _result("started", inventory, playbook, endpoint, launched, plans)
-            _save(store, inventory, playbook, result)
+            _save(store, inventory, playbook, result, ray_plan)
             reporter.event(None, f"waiting until ready: processes alive, /health, /v1/models, one completion "
                                  f"(deadline {playbook.ready_timeout_s:.0f}s)")
             ready = wait_until_ready(
                 nodes,
                 inventory,
-                specs,
+                watch,
                 endpoint,
                 playbook.served_model_name,
                 deadline=launched_at + playbook.ready_timeout_s,
@@ -139,13 +140,13 @@ def up(
             )
         except KeyboardInterrupt:
             reporter.event(None, "interrupted: stopping what this run started")
-            stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
+            _stop_everything(nodes, inventory, playbook, reporter)
             store.clear()
             raise Interrupted("interrupted; every process this run started has been stopped") from None
         except SparkctlError:
-            if launched:
+            if launched or ray_plan is not None:
                 reporter.event(None, "start-up failed: stopping what this run started")
-                stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
+                _stop_everything(nodes, inventory, playbook, reporter)
                 store.clear()
             raise
         head_report = ready.watches[inventory.head.name].report
@@ -164,8 +165,26 @@ def up(
             "total_s": round(ready.ready_at - started_at, 2),
             "vllm_init_engine_s": head_report.init_engine_s or 0.0,
         }
-        _save(store, inventory, playbook, result)
+        _save(store, inventory, playbook, result, ray_plan)
         return result
+
+
+def _plan_backend(
+    nodes: Nodes, inventory: Inventory, playbook: Playbook, plans: dict[str, HostPlan], reporter: Reporter
+) -> tuple[RayPlan | None, list[ProcessSpec]]:
+    """The processes the backend starts: vLLM on every node (mp), or Ray on
+    every node and vLLM on the head (ray)."""
+    if playbook.backend == "ray":
+        ray_plan = prepare_ray(nodes, inventory, playbook, plans, reporter)
+        return ray_plan, ray_plan.specs
+    return None, plan_mp(inventory, playbook, plans)
+
+
+def _stop_everything(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> None:
+    """Ray first (it has its own order and last resort), then whatever else this cluster runs."""
+    if playbook.backend == "ray":
+        stop_ray(nodes, inventory, reporter, grace_s=playbook.stop_grace_s)
+    stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
 
 
 def _preflight_checks(
@@ -230,6 +249,7 @@ def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, repo
         return False
     summary = ", ".join(f"{name}: {len(p)} process(es)" for name, p in leftovers.items())
     reporter.event(None, f"found processes of an earlier start that do not match this plan ({summary}); stopping them")
+    stop_ray(nodes, inventory, reporter, grace_s=playbook.stop_grace_s)  # a no-op where no Ray was started
     stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
     return True
 
@@ -299,7 +319,8 @@ def _result(
     )
 
 
-def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: UpResult) -> None:
+def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: UpResult,
+          ray_plan: RayPlan | None = None) -> None:
     store.save(
         {
             "inventory": os.path.abspath(inventory.path),
@@ -309,7 +330,7 @@ def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: U
             "served_model_name": result.served_model_name,
             "outcome": result.outcome,
             "nodes": result.nodes,
-            "listen_ports": {inventory.head.name: [playbook.port, playbook.master_port]},
+            "listen_ports": {inventory.head.name: [playbook.port, ray_plan.gcs_port if ray_plan else playbook.master_port]},
             "kv_cache": result.kv_cache,
             "timings": result.timings,
         }

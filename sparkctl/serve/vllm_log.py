@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 # stages are ordered, and the furthest one reached is reported.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
     ("configuring", re.compile(r"non-default args:|vLLM server version|Resolved architecture:")),
-    ("joining", re.compile(r"headless multiproc executor|Initializing a V1 LLM engine|DP group leader:")),
+    ("joining", re.compile(r"headless multiproc executor|Initializing a V1 LLM engine|DP group leader:|"
+                           r"Connecting to existing Ray cluster")),
     ("rendezvous", re.compile(r"distributed_init_method=")),
     ("loading weights", re.compile(r"Starting to load model|Loading safetensors checkpoint shards|Loading weights took")),
     ("weights loaded", re.compile(r"Model loading took|Initializing model took|Loading weights took")),
@@ -82,6 +83,12 @@ ERROR_RULES: list[tuple[str, re.Pattern[str], str, str]] = [
     ("version-mismatch", re.compile(r"Version mismatch|collective mismatch|size doesn't match expected size"),
      "the nodes run different versions or disagree on a collective",
      "install the same vLLM, torch and NCCL on every node (sparkctl check compares them)"),
+    ("ray-unsupported-platform", re.compile(r"does not support ray"),
+     "this vLLM build cannot run on Ray (vLLM for CPU has no Ray support)",
+     "use backend: mp on CPU; the ray backend needs GPUs"),
+    ("ray-placement-group", re.compile(r"Waiting for creating a placement group|Cannot provide a placement group"),
+     "Ray cannot place the workers: too few GPUs have joined",
+     "`sparkctl status` shows Ray's view: check that every node joined with its GPU (ray.num_gpus_per_node)"),
     ("gated-model", re.compile(r"GatedRepoError|401 Client Error|Access to model .* is restricted"),
      "the model needs a Hugging Face token",
      "pass it with forward_env: [HF_TOKEN] in the playbook (kept out of argv and logs)"),
