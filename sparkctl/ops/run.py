@@ -13,8 +13,8 @@ is then read back with the agent's `read` op.
 Jobs: `generate` (prompts from a file, outputs to a file, greedy) and
 `throughput` (seed 002's offline benchmark: batch sizes 1..N, output tokens/s,
 requests/s and latency per batch size), whose rows have the same meaning as a
-serving benchmark's, so `sparkctl bench` against the same model shows what
-serving costs.
+serving benchmark's (output tokens/s, requests/s at a concurrency equal to the
+batch size), so a serving benchmark of the same model shows what serving costs.
 """
 
 from __future__ import annotations
@@ -288,8 +288,8 @@ def render_throughput(result: RunResult) -> str:
         best = max(result.rows, key=lambda r: r["output_tokens_per_s"] or 0)
         gain = best["output_tokens_per_s"] / result.rows[0]["output_tokens_per_s"]
         lines.append(f"  best: batch {best['batch_size']} at {best['output_tokens_per_s']:.1f} output tokens/s "
-                     f"({gain:.1f}x batch {result.rows[0]['batch_size']}); compare with `sparkctl bench` on the same model "
-                     "to see what serving costs")
+                     f"({gain:.1f}x batch {result.rows[0]['batch_size']}); compare with a serving benchmark of the same "
+                     "model (e.g. `vllm bench serve` at the same concurrency) to see what serving costs")
     return "\n".join(lines)
 
 
