@@ -25,9 +25,7 @@ from sparkctl.validation import (
     Port,
     Text,
     User,
-    input_error,
-    load_yaml_or_raise,
-    validate_model,
+    load_strict,
 )
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -156,14 +154,7 @@ class Inventory:
 
 
 def load_inventory(path: str) -> Inventory:
-    loaded = load_yaml_or_raise(path)
-    parsed, problems = validate_model(InventoryFile, loaded, what="inventory")
-    if parsed is not None:
-        problems = _semantic_problems(parsed, loaded)
-    if problems:
-        raise input_error(path, problems)
-    assert parsed is not None
-    return _resolve(parsed, path)
+    return _resolve(load_strict(path, InventoryFile, what="inventory", semantic=_semantic_problems), path)
 
 
 def _semantic_problems(inv: InventoryFile, loaded: LoadedYaml) -> list[Problem]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,9 +21,7 @@ from sparkctl.validation import (
     Host,
     Port,
     Text,
-    input_error,
-    load_yaml_or_raise,
-    validate_model,
+    load_strict,
 )
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -167,14 +164,7 @@ class Playbook:
 
 
 def load_playbook(path: str) -> Playbook:
-    loaded = load_yaml_or_raise(path)
-    parsed, problems = validate_model(PlaybookFile, loaded, what="playbook")
-    if parsed is not None:
-        problems = _semantic_problems(parsed, loaded)
-    if problems:
-        raise input_error(path, problems)
-    assert parsed is not None
-    return _resolve(parsed, path)
+    return _resolve(load_strict(path, PlaybookFile, what="playbook", semantic=_semantic_problems), path)
 
 
 def _semantic_problems(pb: PlaybookFile, loaded: LoadedYaml) -> list[Problem]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Callable, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
@@ -112,6 +112,19 @@ def load_yaml_or_raise(path: str) -> LoadedYaml:
         return load_file(path)
     except YamlProblems as exc:
         raise input_error(path, exc.problems) from None
+
+
+def load_strict(path: str, model: type[M], *, what: str, semantic: "Callable[[M, LoadedYaml], list[Problem]]") -> M:
+    """Read a YAML file into `model`: syntax, types, unknown keys, then the
+    file's own cross-key rules; every problem located, all reported at once."""
+    loaded = load_yaml_or_raise(path)
+    parsed, problems = validate_model(model, loaded, what=what)
+    if parsed is not None:
+        problems = semantic(parsed, loaded)
+    if problems:
+        raise input_error(path, problems)
+    assert parsed is not None
+    return parsed
 
 
 def input_error(path: str, problems: list[Problem]) -> InputError:

@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
