@@ -16,20 +16,6 @@ pytestmark = [pytest.mark.root, pytest.mark.vllm, pytest.mark.timeout(900)]
 PB = str(REPO / "playbooks" / "tiny-cpu.yaml")
 
 
-def node_processes(cluster, node) -> list[str]:
-    """Command lines of every process in a node's namespace except its sshd."""
-    sshd = node.sshd_pid
-    out = []
-    for pid in cluster.pids(node):
-        if pid == sshd:
-            continue
-        try:
-            out.append(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode())
-        except OSError:
-            pass
-    return out
-
-
 def test_up_over_ssh_tp2_across_namespaced_nodes(make_vcluster, tmp_path):
     cluster = make_vcluster(2)
     inventory = tmp_path / "inv.yaml"
@@ -59,12 +45,12 @@ def test_up_over_ssh_tp2_across_namespaced_nodes(make_vcluster, tmp_path):
 
         status = json.loads(sparkctl("status", "-i", inv, "--json").stdout)
         assert status["state"] == "serving" and all(n["alive"] for n in status["nodes"].values())
-        assert node_processes(cluster, head) and node_processes(cluster, worker)
+        assert cluster.processes_besides_sshd(head, settle_s=0) and cluster.processes_besides_sshd(worker, settle_s=0)
 
         down = sparkctl("down", "-i", inv, "--json")
         assert down.returncode == 0, down.stderr
         assert json.loads(down.stdout)["clean"]
-        assert node_processes(cluster, head) == [] and node_processes(cluster, worker) == []
+        assert cluster.processes_besides_sshd(head) == [] and cluster.processes_besides_sshd(worker) == []
     finally:
         sparkctl("down", "-i", inv, "-q")
 
@@ -96,6 +82,6 @@ def test_killed_worker_is_reported_and_down_cleans_up(make_vcluster, tmp_path):
         assert "do not match this plan" in again.stderr or "stopping them" in again.stderr
         down = sparkctl("down", "-i", inv, "--json")
         assert down.returncode == 0 and json.loads(down.stdout)["clean"]
-        assert node_processes(cluster, head) == [] and node_processes(cluster, worker) == []
+        assert cluster.processes_besides_sshd(head) == [] and cluster.processes_besides_sshd(worker) == []
     finally:
         sparkctl("down", "-i", inv, "-q")

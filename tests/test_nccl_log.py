@@ -46,6 +46,8 @@ EXPECTED: dict[str, tuple[str, list[str], str | None, list[str]]] = {
     "spark-version-skew-slow-init-pinned-gid.log": (
         "ib", TWINS, "IB", ["nccl-version-mismatch", "slow-init", "gid-index-pinned", "gdr-expected-off"]),
     "single-host-p2p-cumem.log": ("p2p", ["eno1"], "Socket", ["intra-node-only"]),
+    # captured by sparkctl's probe on an H100, world size 1: no connection, so no transport to name
+    "h100-single-rank-2.28.9.log": ("unknown", ["lo"], "Socket", ["net-plugin-fallback", "no-transport-evidence"]),
     "single-host-shm-p2p-disabled.log": ("shm", ["enp5s0"], "Socket", ["intra-node-only"]),
     "single-host-nvls-8gpu.log": (
         "nvls", ["mlx5_0", "mlx5_3", "mlx5_4", "mlx5_5", "mlx5_6", "mlx5_9", "mlx5_10", "mlx5_11"], "IB",

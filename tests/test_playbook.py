@@ -12,7 +12,8 @@ from sparkctl.backends.mp import plan_mp
 from sparkctl.errors import InputError
 from sparkctl.inventory import load_inventory
 from sparkctl.netplan import interface_for, plan_network
-from sparkctl.ops.up import endpoint_url, forwarded_secrets, plan_digest
+from sparkctl.ops.launch import plan_digest
+from sparkctl.ops.up import endpoint_url, forwarded_secrets
 from sparkctl.playbook import check_against_inventory, load_playbook
 
 REPO = Path(__file__).resolve().parent.parent

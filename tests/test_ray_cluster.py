@@ -74,25 +74,9 @@ def network_plans(nodes: Nodes, inventory, playbook):
     return network_plan(nodes, inventory, playbook)
 
 
-def other_processes(cluster, node) -> list[str]:
-    """Command lines of every process in the node's namespace except its sshd."""
-    out = []
-    for pid in cluster.pids(node):
-        if pid == node.sshd_pid:
-            continue
-        try:
-            out.append(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode())
-        except OSError:
-            pass
-    return out
-
-
 def assert_nothing_left(cluster, inventory):
     for node in cluster.nodes:
-        deadline = time.monotonic() + 10  # closed SSH sessions take a moment to leave
-        while other_processes(cluster, node) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert other_processes(cluster, node) == [], node.name
+        assert cluster.processes_besides_sshd(node) == [], node.name
     assert node_agent.tagged_processes(f"{inventory.cluster}/") == []
     for node in inventory.nodes:
         assert not os.path.exists(f"{temp_dir(inventory, node)}/ray_current_cluster")
@@ -119,7 +103,7 @@ def test_ray_cluster_joins_every_node_and_stops_cleanly(make_vcluster, tmp_path,
 
             # Ray's own processes really run in each node's namespace, under sparkctl's tag
             for vnode in cluster.nodes:
-                cmdlines = other_processes(cluster, vnode)
+                cmdlines = cluster.processes_besides_sshd(vnode, settle_s=0)
                 assert any("raylet" in c for c in cmdlines), (vnode.name, cmdlines)
                 assert node_agent.tagged_processes(f"{inventory.cluster}/{vnode.name}/ray/")
 
@@ -239,7 +223,7 @@ def test_ray_left_behind_by_a_tag_only_stop_is_found_and_stopped(make_vcluster, 
             nodes = Nodes(inventory, session)
             start_ray_cluster(nodes, inventory, playbook, network_plans(nodes, inventory, playbook), reporter)
             stop_all(nodes, inventory, grace_s=3, ports={}, reporter=reporter)  # by tag only; removes the records
-            leftovers = {n.name: [c.strip() for c in other_processes(cluster, n) if not c.startswith("sshd")] for n in cluster.nodes}
+            leftovers = {n.name: [c.strip() for c in cluster.processes_besides_sshd(n, settle_s=0) if not c.startswith("sshd")] for n in cluster.nodes}
             print(f"\nleft behind by the stop by tag: {leftovers}")
             stopped = stop_ray(nodes, inventory, reporter, grace_s=10)
             assert all(s.clean for s in stopped.values()), {k: v.to_dict() for k, v in stopped.items()}

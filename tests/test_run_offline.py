@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -121,24 +120,9 @@ def test_render_throughput():
 # ---------------------------------------------------------------------------
 # end to end across two namespaced nodes
 # ---------------------------------------------------------------------------
-def node_processes(cluster, node) -> list[str]:
-    out = []
-    for pid in cluster.pids(node):
-        if pid == node.sshd_pid:
-            continue
-        try:
-            out.append(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode())
-        except OSError:
-            pass
-    return out
-
-
 def assert_nothing_left(cluster, inventory):
     for node in cluster.nodes:
-        deadline = time.monotonic() + 10  # closed SSH sessions take a moment to leave
-        while node_processes(cluster, node) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert node_processes(cluster, node) == [], node.name
+        assert cluster.processes_besides_sshd(node) == [], node.name
     assert node_agent.tagged_processes(f"{inventory.cluster}/") == []
 
 

@@ -796,6 +796,30 @@ Subsystem sftp internal-sftp
             raise VClusterCalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
 
+    def processes_besides_sshd(self, node: VNode | str | int, *, settle_s: float = 10.0) -> list[str]:
+        """Command lines of every process in the node's namespace other than its
+        sshd, after waiting up to settle_s for them to go (a closed SSH session
+        takes a moment to leave)."""
+        n = self.node(node)
+
+        def others() -> list[str]:
+            out = []
+            for pid in self.pids(n):
+                if pid == n.sshd_pid:
+                    continue
+                try:
+                    out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+                except OSError:
+                    pass
+            return out
+
+        deadline = time.monotonic() + settle_s
+        found = others()
+        while found and time.monotonic() < deadline:
+            time.sleep(0.2)
+            found = others()
+        return found
+
     def stop_sshd(self, node: VNode | str | int) -> None:
         node = self.node(node)
         self._stop_sshd_proc(node)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sparkctl.inventory import Node
+from sparkctl.playbook import Playbook
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,21 @@ def tag_prefix(cluster: str, node: Node, role: str | None = None) -> str:
     node's prefix (everything), a probe's cleanup only its own role."""
     prefix = f"{cluster}/{node.name}/"
     return f"{prefix}{role}/" if role else prefix
+
+
+def serve_argv(playbook: Playbook, executor: str) -> list[str]:
+    """`vllm serve` with what every serving backend passes: the model, its name,
+    the parallel layout and the executor."""
+    return [
+        *playbook.vllm_command,
+        "serve",
+        playbook.model,
+        "--served-model-name",
+        playbook.served_model_name,
+        "--tensor-parallel-size",
+        str(playbook.tensor_parallel_size),
+        "--pipeline-parallel-size",
+        str(playbook.pipeline_parallel_size),
+        "--distributed-executor-backend",
+        executor,
+    ]

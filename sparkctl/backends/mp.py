@@ -6,7 +6,7 @@ joins the torch.distributed rendezvous at the head's fabric address.
 
 from __future__ import annotations
 
-from sparkctl.backends.common import ProcessSpec
+from sparkctl.backends.common import ProcessSpec, serve_argv
 from sparkctl.inventory import Inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook
@@ -26,19 +26,7 @@ def plan_mp(inventory: Inventory, playbook: Playbook, plans: dict[str, HostPlan]
     head = inventory.head
     ordered = [head, *inventory.workers]
     nnodes = len(ordered)
-    common = [
-        *playbook.vllm_command,
-        "serve",
-        playbook.model,
-        "--served-model-name",
-        playbook.served_model_name,
-        "--tensor-parallel-size",
-        str(playbook.tensor_parallel_size),
-        "--pipeline-parallel-size",
-        str(playbook.pipeline_parallel_size),
-        "--distributed-executor-backend",
-        "mp",
-    ]
+    common = serve_argv(playbook, "mp")
     if nnodes > 1:
         common += ["--nnodes", str(nnodes), "--master-addr", plans[head.name].master_addr, "--master-port", str(playbook.master_port)]
     common += list(playbook.vllm_args)

@@ -31,7 +31,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sparkctl.backends.common import ProcessSpec, node_dir
+from sparkctl.backends.common import ProcessSpec, node_dir, serve_argv
 from sparkctl.backends.mp import vllm_env
 from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory, Node
@@ -412,17 +412,7 @@ def plan_serve(
     own Ray driver places one worker actor per GPU bundle across the nodes."""
     head = inventory.head
     argv = [
-        *playbook.vllm_command,
-        "serve",
-        playbook.model,
-        "--served-model-name",
-        playbook.served_model_name,
-        "--tensor-parallel-size",
-        str(playbook.tensor_parallel_size),
-        "--pipeline-parallel-size",
-        str(playbook.pipeline_parallel_size),
-        "--distributed-executor-backend",
-        "ray",
+        *serve_argv(playbook, "ray"),
         *playbook.vllm_args,
         "--host",
         playbook.host,

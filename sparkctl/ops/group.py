@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparkctl.backends.common import ProcessSpec, log_path, node_dir, record_dir, tag_prefix
+from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_prefix
 from sparkctl.errors import DeadlineExceeded, Interrupted, OperationFailed
-from sparkctl.inventory import Inventory, Node
+from sparkctl.inventory import Inventory
+from sparkctl.ops.launch import launch_specs
 from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.stop import stop_all
 from sparkctl.progress import Reporter
@@ -74,39 +75,14 @@ def run_group(
     Raises OperationFailed (a rank failed or died, with its log tail),
     DeadlineExceeded or Interrupted; in every case the group is stopped first."""
     role = specs[0].role
-    launch_id = f"{int(time.time() * 1000)}"
     result = GroupResult(role)
     started = time.monotonic()
-    by_node = {spec.node: spec for spec in specs}
     for spec in specs:
         node = inventory.node(spec.node)
         result.nodes[spec.node] = NodeRun(spec.node, log_path(node, inventory.cluster, role))
 
-    def payload(node: Node) -> dict[str, Any]:
-        spec = by_node[node.name]
-        return {
-            "argv": list(spec.argv),
-            "env": {**spec.env, **{k: v for k, v in (secrets or {}).items() if k in spec.forward_env}},
-            "log": log_path(node, inventory.cluster, role),
-            "record": f"{record_dir(node, inventory.cluster)}/{role}.json",
-            "exit_file": f"{node_dir(node, inventory.cluster)}/{role}.exit",
-            "tag": f"{tag_prefix(inventory.cluster, node, role)}{launch_id}",
-            "role": role,
-            "files": (files or {}).get(node.name, {}),
-            "cwd": node_dir(node, inventory.cluster),
-        }
-
     try:
-        outcomes = nodes.call_all("launch", payload, nodes=[inventory.node(s.node) for s in specs])
-        failures = [o.error for o in outcomes.values() if o.error is not None]
-        if failures:
-            raise OperationFailed(
-                f"the {role} could not be started on every node",
-                details=[str(e) for e in failures],
-                hint=getattr(failures[0], "hint", None),
-            )
-        for name, outcome in outcomes.items():
-            reporter.event(name, f"{role} started (pid {outcome.value['process']['pid']})")
+        launch_specs(nodes, inventory, specs, reporter, secrets=secrets, files=files, exit_status=True)
         _wait(nodes, inventory, result, deadline=started + timeout_s, reporter=reporter)
     except KeyboardInterrupt:
         _stop(nodes, inventory, role, grace_s, reporter)

@@ -19,11 +19,12 @@ from typing import Any
 
 from sparkctl.backends.common import ProcessSpec, tag_prefix
 from sparkctl.backends.torchrun import plan_torchrun
-from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
+from sparkctl.errors import InputError, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import network_plan
 from sparkctl.ops.group import run_group
+from sparkctl.ops.launch import values_or_raise
 from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.stop import stop_all
 from sparkctl.playbook import Playbook
@@ -89,13 +90,7 @@ def _discover(
         lambda n: {"commands": commands, "paths": paths, "ports": ports if n.is_head else []},
         timeout_s=60,
     )
-    failed = [o.error for o in outcomes.values() if o.error is not None]
-    if failed:
-        if len(failed) == 1 and isinstance(failed[0], SparkctlError):
-            raise failed[0]
-        raise OperationFailed(f"{len(failed)} node(s) could not be reached", details=[str(e) for e in failed],
-                              hint=getattr(failed[0], "hint", None))
-    return {name: o.value or {} for name, o in outcomes.items()}
+    return values_or_raise(outcomes)
 
 
 def _is_python(command: str) -> bool:

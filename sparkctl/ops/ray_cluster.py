@@ -13,7 +13,6 @@ process is this cluster's, because it kills every Ray on the machine.
 from __future__ import annotations
 
 import json
-import secrets as pysecrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -35,6 +34,7 @@ from sparkctl.backends.ray import (
 from sparkctl.errors import DeadlineExceeded, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
+from sparkctl.ops.launch import launch_specs, values_or_raise
 from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.stop import NodeStop, stop_all
 from sparkctl.playbook import Playbook, ray_command
@@ -314,13 +314,7 @@ def prepare_ray(nodes: Nodes, inventory: Inventory, playbook: Playbook, plans: d
     command = ray_command(playbook)
     candidates = port_candidates(inventory, playbook)
     outcomes = nodes.call_all("probe", lambda n: {"commands": [command[0]], "ports": candidates.get(n.name, [])}, timeout_s=60)
-    errors = [o.error for o in outcomes.values() if o.error is not None]
-    if errors:
-        raise OperationFailed(
-            f"{len(errors)} node(s) could not be asked about Ray",
-            details=[str(e) for e in errors],
-            hint=getattr(errors[0], "hint", None),
-        )
+    values_or_raise(outcomes, "could not be asked about Ray")
     problems: list[str] = []
     busy: dict[str, list[int]] = {}
     hostnames: dict[str, str] = {}
@@ -446,37 +440,7 @@ def _launch(
     reporter: Reporter,
     files: dict[str, dict[str, str]],
 ) -> dict[str, dict[str, Any]]:
-    from sparkctl.ops.up import plan_digest  # local: up imports this module
-
-    launch_id = f"{int(time.time())}-{pysecrets.token_hex(3)}"
-    by_node = {spec.node: spec for spec in specs}
-
-    def payload(node: Node) -> dict[str, Any]:
-        spec = by_node[node.name]
-        return {
-            "argv": list(spec.argv),
-            "env": {**spec.env, **{k: v for k, v in secrets.items() if k in spec.forward_env}},
-            "log": log_path(node, inventory.cluster, spec.role),
-            "record": f"{record_dir(node, inventory.cluster)}/{spec.role}.json",
-            "tag": f"{tag_prefix(inventory.cluster, node, spec.role)}{launch_id}",
-            "role": spec.role,
-            "plan_digest": plan_digest(spec),
-            "files": files.get(node.name, {}),
-        }
-
-    outcomes = nodes.call_all("launch", payload, nodes=[inventory.node(s.node) for s in specs])
-    launched = {name: o.value["process"] for name, o in outcomes.items() if o.value}
-    for name, process in launched.items():
-        reporter.event(name, f"started {by_node[name].role} pid {process['pid']} (log {process['log']})")
-    failures = {name: o.error for name, o in outcomes.items() if o.error is not None}
-    if failures:
-        roles = ", ".join(sorted({by_node[n].role for n in failures}))
-        raise OperationFailed(
-            f"{roles} could not be started on {', '.join(failures)}",
-            details=[str(error) for error in failures.values()],
-            hint=getattr(next(iter(failures.values())), "hint", None),
-        )
-    return launched
+    return launch_specs(nodes, inventory, specs, reporter, secrets=secrets, files=files)
 
 
 class _LogWatch:

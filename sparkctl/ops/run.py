@@ -29,11 +29,12 @@ from typing import Any, Mapping
 from sparkctl.backends.common import node_dir
 from sparkctl.backends.ray import choose_port
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
-from sparkctl.errors import InputError, OperationFailed, SparkctlError
+from sparkctl.errors import InputError, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.jobs.offline_worker import UnsupportedArgs, read_prompts, translate_vllm_args
 from sparkctl.ops.check import network_plan
 from sparkctl.ops.group import run_group
+from sparkctl.ops.launch import values_or_raise
 from sparkctl.ops.nodes import Nodes
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
@@ -229,15 +230,8 @@ def _probe(nodes: Nodes, inventory: Inventory, playbook: Playbook, options: RunO
     head = inventory.head.name
     wanted = list(range(options.master_port, options.master_port + 32))
     outcomes = nodes.call_all("probe", lambda n: {"commands": [command], "ports": wanted if n.name == head else []}, timeout_s=60)
-    errors = [o.error for o in outcomes.values() if o.error is not None]
-    if errors:
-        if len(errors) == 1 and isinstance(errors[0], SparkctlError):
-            raise errors[0]
-        raise OperationFailed(f"{len(errors)} node(s) could not be reached", details=[str(e) for e in errors],
-                              hint=getattr(errors[0], "hint", None))
     pythons: dict[str, str | None] = {}
-    for name, outcome in outcomes.items():
-        facts = outcome.value or {}
+    for name, facts in values_or_raise(outcomes).items():
         pythons[name] = (facts.get("interpreters") or {}).get(command) if (facts.get("commands") or {}).get(command) else None
     missing = [name for name, python in pythons.items() if python is None]
     if missing:

@@ -9,23 +9,21 @@ processes this run started are stopped before the error is raised.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import secrets as pysecrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_prefix
+from sparkctl.backends.common import ProcessSpec, record_dir, tag_prefix
 from sparkctl.backends.mp import plan_mp
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
 from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
-from sparkctl.inventory import Inventory, Node
+from sparkctl.inventory import Inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
 from sparkctl.backends.ray import RayPlan
+from sparkctl.ops.launch import launch_specs, plan_digest
 from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.ray_cluster import launch_ray_backend, prepare_ray, stop_ray
 from sparkctl.ops.stop import stop_all
@@ -61,12 +59,6 @@ def endpoint_url(inventory: Inventory, playbook: Playbook) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{playbook.port}"
-
-
-def plan_digest(spec: ProcessSpec) -> str:
-    """Identity of what a node runs: argv and (non-secret) environment."""
-    blob = json.dumps({"argv": spec.argv, "env": sorted(spec.env.items()), "forward": spec.forward_env})
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def forwarded_secrets(playbook: Playbook, environ: Mapping[str, str]) -> dict[str, str]:
@@ -257,35 +249,11 @@ def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, repo
 def _launch_all(
     nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec], secrets: dict[str, str], reporter: Reporter
 ) -> dict[str, dict]:
-    launch_id = f"{int(time.time())}-{pysecrets.token_hex(3)}"
-    by_node = {spec.node: spec for spec in specs}
-
-    def payload(node: Node) -> dict[str, Any]:
-        spec = by_node[node.name]
-        return {
-            "argv": list(spec.argv),
-            "env": {**spec.env, **{k: v for k, v in secrets.items() if k in spec.forward_env}},
-            "log": log_path(node, inventory.cluster, spec.role),
-            "record": f"{record_dir(node, inventory.cluster)}/{spec.role}.json",
-            "tag": f"{tag_prefix(inventory.cluster, node, spec.role)}{launch_id}",
-            "role": spec.role,
-            "plan_digest": plan_digest(spec),
-        }
-
-    outcomes = nodes.call_all("launch", payload, nodes=[inventory.node(s.node) for s in specs])
-    launched = {name: o.value["process"] for name, o in outcomes.items() if o.value}
-    failures = {name: o.error for name, o in outcomes.items() if o.error is not None}
-    for name, process in launched.items():
-        reporter.event(name, f"started {by_node[name].role} pid {process['pid']} (log {process['log']})")
-    if failures:
-        if launched:
-            stop_all(nodes, inventory, grace_s=10, ports={}, reporter=reporter)
-        raise OperationFailed(
-            "vLLM could not be started on every node",
-            details=[str(error) for error in failures.values()],
-            hint=getattr(next(iter(failures.values())), "hint", None),
-        )
-    return launched
+    try:
+        return launch_specs(nodes, inventory, specs, reporter, secrets=secrets)
+    except SparkctlError:
+        stop_all(nodes, inventory, grace_s=10, ports={}, reporter=reporter)  # whatever did start
+        raise
 
 
 def _result(
