@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import Any, Callable, Sequence
 
-from sparkctl import __version__
+from sparkctl import __version__, render
 from sparkctl.errors import ExitCode, InputError, SparkctlError
 from sparkctl.progress import NullReporter, Reporter, StreamReporter
 
@@ -27,6 +27,16 @@ Handler = Callable[[argparse.Namespace], int]
 # ----------------------------------------------------------------------------
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _emit(args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str]) -> None:
+    """One JSON document with --json, else the text for people."""
+    if args.json:
+        _print_json(data())
+    else:
+        out = text()
+        if out:
+            print(out)
 
 
 def _reporter(args: argparse.Namespace) -> Reporter:
@@ -83,40 +93,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems = check_against_inventory(playbook, inventory) if playbook else []
     if problems:
         raise InputError("the playbook does not fit the inventory", details=problems)
-    summary: dict[str, Any] = {
-        "ok": True,
-        "inventory": {
-            "path": inventory.path,
-            "cluster": inventory.cluster,
-            "nodes": [
-                {"name": n.name, "host": n.host, "port": n.port, "user": n.user, "connection": n.connection,
-                 "fabric_ip": n.fabric_ip, "role": n.role, "gpus": n.gpus, "env_keys": sorted(inventory.node_env(n))}
-                for n in inventory.nodes
-            ],
-        },
-    }
-    if playbook:
-        summary["playbook"] = {
-            "path": playbook.path,
-            "model": playbook.model,
-            "served_model_name": playbook.served_model_name,
-            "backend": playbook.backend,
-            "tensor_parallel_size": playbook.tensor_parallel_size,
-            "pipeline_parallel_size": playbook.pipeline_parallel_size,
-            "port": playbook.port,
-            "vllm_command": list(playbook.vllm_command),
-        }
-    if args.json:
-        _print_json(summary)
-        return 0
-    nodes = ", ".join(f"{n.name} ({n.role}, {n.connection})" for n in inventory.nodes)
-    print(f"{inventory.path}: ok: cluster {inventory.cluster}, {len(inventory.nodes)} node(s): {nodes}")
-    if playbook:
-        print(
-            f"{playbook.path}: ok: {playbook.served_model_name} ({playbook.model}), backend {playbook.backend}, "
-            f"TP={playbook.tensor_parallel_size} x PP={playbook.pipeline_parallel_size} across {len(inventory.nodes)} node(s)"
-        )
+    _emit(args, lambda: render.validated(inventory, playbook), lambda: render.validate_text(inventory, playbook))
     return 0
+
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -129,24 +108,13 @@ def cmd_exec(args: argparse.Namespace) -> int:
         raise InputError("no command given", hint="sparkctl exec -i INVENTORY -- COMMAND [ARGS...]")
     inventory, _ = _load(args, playbook="none")
     results = exec_all(inventory, command, timeout_s=args.timeout)
-    if args.json:
-        _print_json({"command": command, "nodes": [r.to_dict() for r in results]})
-    else:
-        for r in results:
-            if r.error is not None:
-                what = "unreachable" if r.unreachable else "failed"
-                print(f"== {r.node}: {what}: {r.error}")
-                continue
-            print(f"== {r.node}: exit {r.returncode} ({r.duration_s:.2f}s)")
-            for line in r.stdout.splitlines():
-                print(f"{r.node}: {line}")
-            for line in r.stderr.splitlines():
-                print(f"{r.node} [stderr]: {line}")
-        ok = sum(1 for r in results if r.returncode == 0)
-        print(f"{ok}/{len(results)} node(s) exited 0", file=sys.stderr)
+    _emit(args, lambda: {"command": command, "nodes": [r.to_dict() for r in results]}, lambda: render.exec_text(results))
+    if not args.json:
+        print(f"{sum(1 for r in results if r.returncode == 0)}/{len(results)} node(s) exited 0", file=sys.stderr)
     if any(r.unreachable for r in results):
         return int(ExitCode.UNREACHABLE)
     return 0 if all(r.returncode == 0 for r in results) else int(ExitCode.FAILED)
+
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -174,27 +142,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     inventory, playbook = _load(args, playbook="required")
     result = up(inventory, playbook, _reporter(args), ignore_checks=set(args.ignore_check or []))
-    if args.json:
-        _print_json({"ok": True, **result.to_dict()})
-        return 0
-    if result.outcome == "already-up":
-        print(f"already up: {result.endpoint}/v1 serves {result.served_model_name!r}; nothing was started")
-        return 0
-    print(f"ready: {result.endpoint}/v1 serves {result.served_model_name!r} (backend {result.backend}, {len(result.nodes)} node(s))")
-    kv = result.kv_cache
-    if kv.get("tokens") is not None:
-        line = f"  KV cache: {kv['tokens']:,} tokens"
-        if kv.get("max_concurrency") is not None:
-            line += f"; maximum concurrency {kv['max_concurrency']:.2f}x at {kv.get('tokens_per_request') or '?'} tokens per request"
-        print(line)
-    t = result.timings
-    print(
-        f"  up to ready: {t['total_s']:.1f}s, of which vLLM start-up {t['vllm_startup_s']:.1f}s "
-        f"(preflight {t['preflight_s']:.1f}s, launch {t['launch_s']:.1f}s, first completion {t['first_completion_s']:.1f}s)"
-    )
-    for name, node in result.nodes.items():
-        print(f"  {name}: pid {node['pid']}, log {node['log']}")
+    _emit(args, lambda: {"ok": True, **result.to_dict()}, lambda: render.up_text(result))
     return 0
+
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -202,36 +152,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     inventory, playbook = _load(args, playbook="optional")
     result = status(inventory, playbook=playbook)
-    if args.json:
-        _print_json(result.to_dict())
-    else:
-        print(f"cluster {result.cluster}: {result.state}")
-        if result.endpoint:
-            health = result.health if result.health is not None else "no answer"
-            models = ", ".join(result.models) or "-"
-            print(f"  endpoint {result.endpoint}: /health {health}; models: {models}")
-        print(f"  {'NODE':<12} {'ROLE':<7} {'PROCESS':<8} {'PID':>8}  {'ALIVE':<5}  LOG")
-        for name, node in result.nodes.items():
-            if node.error:
-                print(f"  {name:<12} {node.role:<7} unreachable: {node.error}")
-                continue
-            if not node.records:
-                extra = f" ({len(node.processes)} tagged process(es) without a record)" if node.processes else ""
-                print(f"  {name:<12} {node.role:<7} {'-':<8} {'-':>8}  {'-':<5}  nothing started{extra}")
-            for rec in node.records:
-                alive = "yes" if rec.get("alive") else "NO"
-                print(f"  {name:<12} {node.role:<7} {str(rec.get('role')):<8} {rec.get('pid')!s:>8}  {alive:<5}  {rec.get('log')}")
-        if result.ray is not None:
-            ray = result.ray
-            if ray.get("error"):
-                print(f"  Ray: {ray.get('address', '?')}: {ray['error']}")
-            elif ray.get("running"):
-                joined = ", ".join(f"{r['node'] or '?'} ({r.get('address')})" for r in ray.get("nodes", []) if r.get("alive"))
-                print(f"  Ray {ray.get('ray_version', '')} at {ray['address']}: nodes {joined or 'none'}; "
-                      f"resources {ray.get('resources')}")
-                if ray.get("missing"):
-                    print(f"  Ray is missing: {', '.join(ray['missing'])}")
+    _emit(args, result.to_dict, lambda: render.status_text(result))
     return {"serving": 0, "stopped": 0, "unreachable": int(ExitCode.UNREACHABLE)}.get(result.state, int(ExitCode.FAILED))
+
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -239,26 +162,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 
     inventory, playbook = _load(args, playbook="optional")
     result = down(inventory, _reporter(args), playbook=playbook, grace_s=args.grace)
-    if args.json:
-        _print_json(result.to_dict())
-    else:
-        if result.nothing_to_stop and result.clean:
-            print(f"cluster {result.cluster}: nothing to stop")
-        for name, node in result.nodes.items():
-            if node.error:
-                print(f"  {name}: NOT stopped, unreachable: {node.error}")
-            elif node.remaining:
-                pids = ", ".join(str(p["pid"]) for p in node.remaining)
-                print(f"  {name}: {len(node.remaining)} process(es) left after SIGKILL: {pids}")
-            elif node.stopped:
-                print(f"  {name}: stopped {len(node.stopped)} process(es); none left")
-            for port in node.ports_in_use:
-                print(f"  {name}: note: port {port['port']} is in use by pid {port['pid']} (not started by sparkctl)")
-        if result.clean and not result.nothing_to_stop:
-            print(f"cluster {result.cluster}: down; nothing left running")
+    _emit(args, result.to_dict, lambda: render.down_text(result))
     if result.unreachable:
         return int(ExitCode.UNREACHABLE)
     return 0 if result.clean else int(ExitCode.FAILED)
+
 
 
 def cmd_nccl_probe(args: argparse.Namespace) -> int:
@@ -341,40 +249,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     if args.artefact == "nccl-log":
         report = doctor.nccl_log(args.file)
-        lines = [
-            f"transport: {report['transport']} (NCCL network {report.get('network') or '?'}, plugin {report['net_plugin'] or '-'})",
-            f"devices: {', '.join(report['devices']) or '-'}",
-            f"NCCL version: {report['nccl_version'] or 'not in the log'}",
-        ]
-        findings = report["findings"]
     elif args.artefact == "nccl-tests":
         report = doctor.nccl_tests(args.file, expect_busbw_gbs=args.expect_busbw)
-        lines = [f"{report['collective'] or 'collective ?'}: {len(report['rows'])} sizes, "
-                 f"average bus bandwidth {report['avg_busbw_gbs']} GB/s",
-                 f"verdict: {report['verdict']}: {report['verdict_reason']}"]
-        lines += [f"{row['size_bytes']:>12} B  {row['time_us']:>10} us  algbw {row['algbw_gbs']:>7} GB/s  busbw {row['busbw_gbs']:>7} GB/s"
-                  for row in report["rows"]]
-        findings = [{"level": "error", "code": "problem", "message": p} for p in report.get("problems") or []]
     else:
         report = doctor.vllm_log(args.file)
-        lines = [f"start-up stages reached: {', '.join(report['stages']) or 'none'} (furthest: {report['stage'] or '-'})"]
-        if report["kv_cache_tokens"] is not None:
-            lines.append(f"KV cache: {report['kv_cache_tokens']:,} tokens; maximum concurrency "
-                         f"{report['max_concurrency']}x at {report['max_concurrency_tokens']} tokens per request")
-        if report["last_exception"]:
-            lines.append(f"last exception: {report['last_exception']}")
-        findings = [{"level": "error", "code": f["code"], "message": f"{f['message']}: {f['line']} (hint: {f['hint']})"}
-                    for f in report["findings"]]
-    if args.json:
-        _print_json(report)
-    else:
-        for line in lines:
-            print(line)
-        for finding in findings:
-            print(f"{finding['level'].upper():7} {finding['code']}: {finding['message']}")
-        if not findings:
-            print("no problems found")
+    _emit(args, lambda: report, lambda: render.doctor_text(args.artefact, report))
     return int(ExitCode.FAILED) if report["problem"] else 0
+
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -382,24 +263,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     inventory, _ = _load(args, playbook="none")
     logs = read_logs(inventory, node=args.node, lines=args.lines, role=args.role)
-    if args.json:
-        _print_json({"cluster": inventory.cluster, "nodes": logs})
-        return 0
-    failed = False
-    for name, entry in logs.items():
-        if entry.get("error"):
-            print(f"== {name}: unreachable: {entry['error']}")
-            failed = True
-            continue
-        print(f"== {name}: {entry['path']}" + ("" if entry["exists"] else " (no log yet)"))
-        for line in entry["lines"]:
-            print(f"{name}: {line}")
-    return int(ExitCode.UNREACHABLE) if failed else 0
+    _emit(args, lambda: {"cluster": inventory.cluster, "nodes": logs}, lambda: render.logs_text(logs))
+    return int(ExitCode.UNREACHABLE) if any(entry.get("error") for entry in logs.values()) else 0
 
 
-# ----------------------------------------------------------------------------
-# parser
-# ----------------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")

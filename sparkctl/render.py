@@ -1,0 +1,173 @@
+"""Text for people: each command's result as the lines the CLI prints.
+
+Pure functions from result objects to strings; the CLI decides where they go.
+(`--json` prints the results' own to_dict() instead.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparkctl.inventory import Inventory
+from sparkctl.playbook import Playbook
+
+
+def validated(inventory: Inventory, playbook: Playbook | None) -> dict[str, Any]:
+    """What `validate --json` prints: the files as sparkctl resolved them."""
+    summary: dict[str, Any] = {
+        "ok": True,
+        "inventory": {
+            "path": inventory.path,
+            "cluster": inventory.cluster,
+            "nodes": [
+                {"name": n.name, "host": n.host, "port": n.port, "user": n.user, "connection": n.connection,
+                 "fabric_ip": n.fabric_ip, "role": n.role, "gpus": n.gpus, "env_keys": sorted(inventory.node_env(n))}
+                for n in inventory.nodes
+            ],
+        },
+    }
+    if playbook:
+        summary["playbook"] = {
+            "path": playbook.path,
+            "model": playbook.model,
+            "served_model_name": playbook.served_model_name,
+            "backend": playbook.backend,
+            "tensor_parallel_size": playbook.tensor_parallel_size,
+            "pipeline_parallel_size": playbook.pipeline_parallel_size,
+            "port": playbook.port,
+            "vllm_command": list(playbook.vllm_command),
+        }
+    return summary
+
+
+def validate_text(inventory: Inventory, playbook: Playbook | None) -> str:
+    nodes = ", ".join(f"{n.name} ({n.role}, {n.connection})" for n in inventory.nodes)
+    lines = [f"{inventory.path}: ok: cluster {inventory.cluster}, {len(inventory.nodes)} node(s): {nodes}"]
+    if playbook:
+        lines.append(
+            f"{playbook.path}: ok: {playbook.served_model_name} ({playbook.model}), backend {playbook.backend}, "
+            f"TP={playbook.tensor_parallel_size} x PP={playbook.pipeline_parallel_size} across {len(inventory.nodes)} node(s)"
+        )
+    return "\n".join(lines)
+
+
+def exec_text(results: list[Any]) -> str:
+    lines = []
+    for r in results:
+        if r.error is not None:
+            lines.append(f"== {r.node}: {'unreachable' if r.unreachable else 'failed'}: {r.error}")
+            continue
+        lines.append(f"== {r.node}: exit {r.returncode} ({r.duration_s:.2f}s)")
+        lines += [f"{r.node}: {line}" for line in r.stdout.splitlines()]
+        lines += [f"{r.node} [stderr]: {line}" for line in r.stderr.splitlines()]
+    return "\n".join(lines)
+
+
+def up_text(result: Any) -> str:
+    if result.outcome == "already-up":
+        return f"already up: {result.endpoint}/v1 serves {result.served_model_name!r}; nothing was started"
+    lines = [f"ready: {result.endpoint}/v1 serves {result.served_model_name!r} "
+             f"(backend {result.backend}, {len(result.nodes)} node(s))"]
+    kv = result.kv_cache
+    if kv.get("tokens") is not None:
+        line = f"  KV cache: {kv['tokens']:,} tokens"
+        if kv.get("max_concurrency") is not None:
+            line += (f"; maximum concurrency {kv['max_concurrency']:.2f}x at "
+                     f"{kv.get('tokens_per_request') or '?'} tokens per request")
+        lines.append(line)
+    t = result.timings
+    lines.append(
+        f"  up to ready: {t['total_s']:.1f}s, of which vLLM start-up {t['vllm_startup_s']:.1f}s "
+        f"(preflight {t['preflight_s']:.1f}s, launch {t['launch_s']:.1f}s, first completion {t['first_completion_s']:.1f}s)"
+    )
+    lines += [f"  {name}: pid {node['pid']}, log {node['log']}" for name, node in result.nodes.items()]
+    return "\n".join(lines)
+
+
+def status_text(result: Any) -> str:
+    lines = [f"cluster {result.cluster}: {result.state}"]
+    if result.endpoint:
+        health = result.health if result.health is not None else "no answer"
+        lines.append(f"  endpoint {result.endpoint}: /health {health}; models: {', '.join(result.models) or '-'}")
+    lines.append(f"  {'NODE':<12} {'ROLE':<7} {'PROCESS':<8} {'PID':>8}  {'ALIVE':<5}  LOG")
+    for name, node in result.nodes.items():
+        if node.error:
+            lines.append(f"  {name:<12} {node.role:<7} unreachable: {node.error}")
+            continue
+        if not node.records:
+            extra = f" ({len(node.processes)} process(es) of this cluster without a record)" if node.processes else ""
+            lines.append(f"  {name:<12} {node.role:<7} {'-':<8} {'-':>8}  {'-':<5}  nothing started{extra}")
+        for rec in node.records:
+            alive = "yes" if rec.get("alive") else "NO"
+            lines.append(f"  {name:<12} {node.role:<7} {str(rec.get('role')):<8} {rec.get('pid')!s:>8}  {alive:<5}  {rec.get('log')}")
+    ray = result.ray
+    if ray is not None:
+        if ray.get("error"):
+            lines.append(f"  Ray: {ray.get('address', '?')}: {ray['error']}")
+        elif ray.get("running"):
+            joined = ", ".join(f"{r['node'] or '?'} ({r.get('address')})" for r in ray.get("nodes", []) if r.get("alive"))
+            lines.append(f"  Ray {ray.get('ray_version', '')} at {ray['address']}: nodes {joined or 'none'}; "
+                         f"resources {ray.get('resources')}")
+            if ray.get("missing"):
+                lines.append(f"  Ray is missing: {', '.join(ray['missing'])}")
+    return "\n".join(lines)
+
+
+def down_text(result: Any) -> str:
+    lines = []
+    if result.nothing_to_stop and result.clean:
+        lines.append(f"cluster {result.cluster}: nothing to stop")
+    for name, node in result.nodes.items():
+        if node.error:
+            lines.append(f"  {name}: NOT stopped, unreachable: {node.error}")
+        elif node.remaining:
+            pids = ", ".join(str(p["pid"]) for p in node.remaining)
+            lines.append(f"  {name}: {len(node.remaining)} process(es) left after SIGKILL: {pids}")
+        elif node.stopped:
+            lines.append(f"  {name}: stopped {len(node.stopped)} process(es); none left")
+        for port in node.ports_in_use:
+            lines.append(f"  {name}: note: port {port['port']} is in use by pid {port['pid']} (not started by sparkctl)")
+    if result.clean and not result.nothing_to_stop:
+        lines.append(f"cluster {result.cluster}: down; nothing left running")
+    return "\n".join(lines)
+
+
+def logs_text(logs: dict[str, dict[str, Any]]) -> str:
+    lines = []
+    for name, entry in logs.items():
+        if entry.get("error"):
+            lines.append(f"== {name}: unreachable: {entry['error']}")
+            continue
+        lines.append(f"== {name}: {entry['path']}" + ("" if entry["exists"] else " (no log yet)"))
+        lines += [f"{name}: {line}" for line in entry["lines"]]
+    return "\n".join(lines)
+
+
+def doctor_text(artefact: str, report: dict[str, Any]) -> str:
+    if artefact == "nccl-log":
+        lines = [
+            f"transport: {report['transport']} (NCCL network {report.get('network') or '?'}, "
+            f"plugin {report['net_plugin'] or '-'})",
+            f"devices: {', '.join(report['devices']) or '-'}",
+            f"NCCL version: {report['nccl_version'] or 'not in the log'}",
+        ]
+        findings = report["findings"]
+    elif artefact == "nccl-tests":
+        lines = [f"{report['collective'] or 'collective ?'}: {len(report['rows'])} sizes, "
+                 f"average bus bandwidth {report['avg_busbw_gbs']} GB/s",
+                 f"verdict: {report['verdict']}: {report['verdict_reason']}"]
+        lines += [f"{row['size_bytes']:>12} B  {row['time_us']:>10} us  algbw {row['algbw_gbs']:>7} GB/s  "
+                  f"busbw {row['busbw_gbs']:>7} GB/s" for row in report["rows"]]
+        findings = [{"level": "error", "code": "problem", "message": p} for p in report.get("problems") or []]
+    else:
+        lines = [f"start-up stages reached: {', '.join(report['stages']) or 'none'} (furthest: {report['stage'] or '-'})"]
+        if report["kv_cache_tokens"] is not None:
+            lines.append(f"KV cache: {report['kv_cache_tokens']:,} tokens; maximum concurrency "
+                         f"{report['max_concurrency']}x at {report['max_concurrency_tokens']} tokens per request")
+        if report["last_exception"]:
+            lines.append(f"last exception: {report['last_exception']}")
+        findings = [{"level": "error", "code": f["code"], "message": f"{f['message']}: {f['line']} (hint: {f['hint']})"}
+                    for f in report["findings"]]
+    lines += [f"{f['level'].upper():7} {f['code']}: {f['message']}" for f in findings]
+    if not findings:
+        lines.append("no problems found")
+    return "\n".join(lines)
