@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 from typing import Any, Callable, Sequence
@@ -372,9 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # A closed terminal (SIGHUP) or a supervisor's SIGTERM gets what Ctrl-C gets:
+    # everything this command started is stopped before it exits.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     handler: Handler = args.handler
     # paramiko logs tracebacks from its transport thread; they are noise unless debugging.
     logging.getLogger("paramiko").setLevel(logging.DEBUG if getattr(args, "debug", False) else logging.CRITICAL + 1)

@@ -86,3 +86,46 @@ def make_vcluster(tmp_path):
             errors.append(exc)
     if errors:
         raise errors[0]
+
+
+LOCAL_PAIR = ("head", "worker")
+
+
+def local_pair_processes(role: str | None = None) -> list[dict]:
+    """The built-in local pair's processes as sparkctl's agent sees them: by tag,
+    by the sessions its records name, and by descent. (Tag alone is not enough:
+    vLLM renames its processes, which can wipe the environment /proc shows.)"""
+    from sparkctl.agent import node_agent
+
+    found = []
+    for node in LOCAL_PAIR:
+        prefix = f"local-pair/{node}/" + (f"{role}/" if role else "")
+        found += node_agent.our_processes(prefix, os.path.expanduser(f"~/.sparkctl/local-pair/{node}/procs"))
+    return found
+
+
+class SessionWatch:
+    """Remembers every session the local pair's processes were seen in, so that
+    "nothing left" can still be checked once `down` has removed the records."""
+
+    def __init__(self) -> None:
+        self.sids: set[int] = set()
+
+    def see(self) -> list[dict]:
+        procs = local_pair_processes()
+        self.sids |= {p["sid"] for p in procs}
+        return procs
+
+    def alive(self) -> list[int]:
+        from sparkctl.agent import node_agent
+
+        left = []
+        for pid in node_agent.all_pids():
+            stat = node_agent.proc_stat(pid)
+            if stat is not None and stat[0] != "Z" and stat[4] in self.sids:
+                left.append(pid)
+        return left
+
+    def assert_nothing_left(self) -> None:
+        assert local_pair_processes() == []
+        assert self.alive() == [], f"processes left in the sessions sparkctl started: {self.alive()}"

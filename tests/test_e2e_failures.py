@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from sparkctl.agent import node_agent
-from tests.conftest import REPO, sparkctl
+from tests.conftest import REPO, SessionWatch, local_pair_processes, sparkctl
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
@@ -38,13 +38,13 @@ def playbook(tmp_path: Path, **changes) -> str:
 
 
 def nothing_left():
-    assert node_agent.tagged_processes("local-pair/") == []
+    assert local_pair_processes() == []
     assert node_agent.ports_in_use([8013, 29511]) == []
 
 
 @pytest.fixture(autouse=True)
 def _clean():
-    assert node_agent.tagged_processes("local-pair/") == [], "a local-pair cluster is already running"
+    assert local_pair_processes() == [], "a local-pair cluster is already running"
     yield
     sparkctl("down", "-i", INV, "-q")
 
@@ -77,26 +77,36 @@ def test_busy_port_is_refused_before_starting_anything(tmp_path):
         error = json.loads(result.stdout)
         assert error["message"] == "preflight checks failed; nothing was started"
         assert any(d.startswith(f"head: ports.free: port 8013 in use by pid {os.getpid()}") for d in error["details"])
-        assert node_agent.tagged_processes("local-pair/") == []
+        assert local_pair_processes() == []
     finally:
         blocker.close()
 
 
-def test_ctrl_c_during_wait_stops_everything(tmp_path):
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell (CI) starts with SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt; a terminal's Ctrl-C is SIG_DFL.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_during_wait_stops_everything(tmp_path, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "sparkctl", "up", "-i", INV, "-p", playbook(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
+        preexec_fn=_default_sigint,
     )
+    watch = SessionWatch()
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(node_agent.tagged_processes("local-pair/")) < 2:
+        while time.monotonic() < deadline and len(watch.see()) < 2:
             time.sleep(0.5)
-        assert len(node_agent.tagged_processes("local-pair/")) >= 2, "vLLM never started"
+        assert len(watch.see()) >= 2, "vLLM never started"
         time.sleep(2)
-        proc.send_signal(signal.SIGINT)
+        watch.see()
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -104,6 +114,7 @@ def test_ctrl_c_during_wait_stops_everything(tmp_path):
     assert proc.returncode == 130, err
     assert "every process this run started has been stopped" in err
     nothing_left()
+    watch.assert_nothing_left()
     assert not (Path(os.environ["SPARKCTL_STATE_DIR"]) / "local-pair.json").exists()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from sparkctl.agent import node_agent
 from sparkctl.serve.endpoint import Endpoint
-from tests.conftest import REPO, sparkctl
+from tests.conftest import REPO, SessionWatch, local_pair_processes, sparkctl
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
@@ -17,12 +17,9 @@ INV = str(REPO / "inventories" / "local.yaml")
 PB = str(REPO / "playbooks" / "tiny-cpu.yaml")
 
 
-def _ours() -> list[dict]:
-    return node_agent.tagged_processes("local-pair/")
-
-
 def test_local_pair_lifecycle():
-    assert _ours() == [], "a local-pair cluster is already running; run `sparkctl down -i inventories/local.yaml`"
+    assert local_pair_processes() == [], "a local-pair cluster is already running; run `sparkctl down -i inventories/local.yaml`"
+    watch = SessionWatch()
     try:
         first = sparkctl("up", "-i", INV, "-p", PB, "--json")
         assert first.returncode == 0, first.stderr
@@ -32,6 +29,7 @@ def test_local_pair_lifecycle():
         assert 0 < up["timings"]["vllm_startup_s"] <= up["timings"]["total_s"]
         assert "stage: api up" in first.stderr and "/health 200" in first.stderr  # progress per node and stage
         pids = {name: node["pid"] for name, node in up["nodes"].items()}
+        assert set(pids.values()) <= {p["sid"] for p in watch.see()}  # each node's launch leads its own session
         assert set(pids) == {"head", "worker"}
         assert up["network_plan"]["worker"]["env"]["GLOO_SOCKET_IFNAME"] == "lo"
 
@@ -57,7 +55,7 @@ def test_local_pair_lifecycle():
         result = json.loads(down.stdout)
         assert result["clean"] and not result["nothing_to_stop"]
         assert all(node["stopped"] for node in result["nodes"].values())
-        assert _ours() == []
+        watch.assert_nothing_left()
         in_use = node_agent.ports_in_use([8013, 29511])
         assert in_use == [], in_use
 
@@ -69,4 +67,4 @@ def test_local_pair_lifecycle():
         assert json.loads(stopped.stdout)["state"] == "stopped" and stopped.returncode == 0
     finally:
         sparkctl("down", "-i", INV, "-q")
-        assert _ours() == []
+        watch.assert_nothing_left()

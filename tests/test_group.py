@@ -20,7 +20,7 @@ from sparkctl.ops.group import run_group
 from sparkctl.ops.nodes import Nodes
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession
-from tests.conftest import REPO
+from tests.conftest import REPO, local_pair_processes
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]  # needs torch from the vLLM venv
 
@@ -48,7 +48,7 @@ def local_pair():
     inventory = load_inventory(str(REPO / "inventories" / "local.yaml"))
     with NodeSession(inventory) as session:
         yield inventory, Nodes(inventory, session)
-    assert node_agent.tagged_processes("local-pair/") == []
+    assert local_pair_processes() == []
 
 
 def run(inventory, nodes, tmp_path, mode, timeout_s=120):
@@ -76,7 +76,7 @@ def test_failing_rank_stops_the_group(local_pair, tmp_path):
         run(inventory, nodes, tmp_path, "fail")
     assert "worker: the job exited with status" in caught.value.message or "head: the job exited" in caught.value.message
     assert any("last lines of" in d for d in caught.value.details)
-    assert node_agent.tagged_processes("local-pair/") == []
+    assert local_pair_processes() == []
 
 
 def test_killed_rank_is_noticed_and_the_rest_stopped(local_pair, tmp_path):
@@ -101,4 +101,4 @@ def test_killed_rank_is_noticed_and_the_rest_stopped(local_pair, tmp_path):
     killer.join()
     assert "worker: the job process died without an exit status" in caught.value.message
     assert time.monotonic() - started < 60  # noticed, not waited out
-    assert node_agent.tagged_processes("local-pair/") == []
+    assert local_pair_processes() == []
