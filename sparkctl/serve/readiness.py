@@ -89,7 +89,10 @@ def wait_until_ready(
     stages: dict[str, str | None] = {name: None for name in state.watches}
     last_news = time.monotonic()
     head = inventory.head.name
-    while True:
+
+    def poll_nodes() -> None:
+        """Read each node's new log lines and check its process is alive; report stage changes."""
+        nonlocal last_news
         outcomes = nodes.call_all(
             "status",
             lambda n: {
@@ -118,6 +121,9 @@ def wait_until_ready(
                 stages[name] = stage
                 last_news = time.monotonic()
                 reporter.event(name, f"stage: {stage}")
+
+    while True:
+        poll_nodes()
         if state.health_at is None:
             reply = endpoint.health()
             if reply.status == 200:
@@ -131,6 +137,9 @@ def wait_until_ready(
                 if completion.status == 200:
                     state.completion_s = completion.elapsed_s
                     state.ready_at = time.monotonic()
+                    # The server may have logged its last stages after this round's log read;
+                    # read once more so progress and the report show every stage reached.
+                    poll_nodes()
                     reporter.event(head, f"/v1/models lists {served_model_name!r}; completion ok ({completion.elapsed_s:.2f}s)")
                     return state
                 if completion.status is not None and completion.status >= 400:
