@@ -250,3 +250,16 @@ def test_nothing_to_parse():
         rep = parse_nccl_tests(text)
         assert rep.rows == [] and rep.verdict == "inconclusive" and rep.avg_busbw_gbs is None
         assert rep.verdict_reason == "No result rows were found, so bandwidth cannot be judged."
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_terminal_decoration_does_not_change_the_result(name: str):
+    """Colour codes, terminal hyperlinks (OSC 8) and Ray's process tags, as a
+    terminal copy of a Ray job's output carries them."""
+    base = parse_nccl_tests(read(name), source_name=name).to_dict()
+    decorated = [
+        f"(RayWorkerWrapper pid=4242, ip=10.0.0.2) \x1b[32m{line}\x1b[0m" if i % 2 else
+        f"\x1b]8;;file:///tmp/log\x1b\\{line}\x1b]8;;\x1b\\"
+        for i, line in enumerate(read(name).splitlines())
+    ]
+    assert parse_nccl_tests("\n".join(decorated), source_name=name).to_dict() == base

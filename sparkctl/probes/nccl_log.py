@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..logtext import NCCL_VERSION, strip_ansi, strip_process_tags
+
 # NCCL prints the verbs path-MTU enum; people think in bytes.
 MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
 
@@ -22,9 +24,6 @@ _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 _INTRA_RANK = ("nvls", "p2p", "shm")
 
 # ---------------------------------------------------------------- line cleaning
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
-# Process tags that vLLM/Ray put in front of worker output.
-_WRAPPER = re.compile(r"^\s*\([^()]*\bpid=\d+[^()]*\)\s*")
 _RAY_REPEAT = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
 _OMITTED = re.compile(r"^\s*\[\s*(?:\.\.\.|…)[^\]]*\bomitted\b")
 # host:pid:tid [cudaDev] [file.cc:line ]NCCL LEVEL  (searched anywhere: timestamps,
@@ -36,7 +35,6 @@ _PREFIX = re.compile(
 _BARE = re.compile(r"\bNCCL (?P<level>INFO|WARN)\b:? ?")
 
 # ---------------------------------------------------------------- NCCL messages
-_VERSION = re.compile(r"\bNCCL version (\d+\.\d+\.\d+(?:\+[\w.]+)?)")
 _CUDA_DRIVER = re.compile(r"^cudaDriverVersion (\d+)")
 _ENV = re.compile(r"^(NCCL_\w+) set (?:by environment )?to ?(.*?)\.?$")
 _USING_NETWORK = re.compile(r"^Using network (\S.*?)\s*$")
@@ -193,10 +191,7 @@ def _lines(text: str) -> tuple[list[_Line], bool]:
     """Split pasted text into NCCL messages; returns (lines, saw an 'omitted' marker)."""
     cleaned: list[str] = []
     for physical in text.splitlines():  # handles \n, \r\n and lone \r
-        line = _ANSI.sub("", physical)
-        while (m := _WRAPPER.match(line)) is not None:
-            line = line[m.end():]
-        cleaned.append(line.strip())
+        cleaned.append(strip_process_tags(strip_ansi(physical)).strip())
     # The first prefix on a line cannot be glued to an earlier message, so its host is
     # trusted; it tells where a glued prefix really begins ("...network IBspark-a1:88:88 [0]").
     clean_hosts = {m["host"] for line in cleaned if (m := _PREFIX.search(line)) is not None}
@@ -298,7 +293,7 @@ def parse_nccl_log(text: str) -> NcclLogReport:
     for ln in lines:
         msg = ln.msg
         _add(r.hosts, ln.host)
-        if (m := _VERSION.search(msg)) is not None:
+        if (m := NCCL_VERSION.search(msg)) is not None:
             _add_version(r.nccl_versions, m[1])
         if ln.level is None:
             if _IB_ERROR.search(msg):

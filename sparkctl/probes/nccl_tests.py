@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..logtext import NCCL_VERSION, PROCESS_TAG, strip_ansi
+
 MIB = 1 << 20
 # Below this size a two-node run measures latency more than link bandwidth.
 VERDICT_MIN_BYTES = 256 * MIB
@@ -27,8 +29,8 @@ TYPE_BYTES = {
     "int64": 8, "uint64": 8, "double": 8, "float64": 8,
 }
 
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-_LINE_TAG = re.compile(r"^\s*(?:\[\d+,\d+\]<std(?:out|err)>:|\([^()]*\bpid=\d+[^()]*\))\s?")
+# An mpirun output tag or a process tag; one space after it is eaten, the row's alignment kept.
+_LINE_TAG = re.compile(r"^\s*(?:\[\d+,\d+\]<std(?:out|err)>:|" + PROCESS_TAG + r")\s?")
 _VERSION = re.compile(r"^#\s*nccl-tests version (\S+)(?:\s+\((\w+)\))?\s+nccl-headers=(\d+)\s+nccl-library=(\d+)")
 _START = re.compile(r"^#\s*Collective test starting:\s*(\S+)")
 _CONCLUDED = re.compile(r"^#\s*Collective test concluded:")
@@ -39,7 +41,6 @@ _COLUMNS = re.compile(r"^#\s*size\s+count\s+type\s+redop\b(.*)$")
 _OOB = re.compile(r"^#\s*Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)?")
 _AVG = re.compile(r"^#\s*Avg bus bandwidth\s*:\s*(\S+)\s*(OK|FAILED)?")
 _ERROR = re.compile(r"^#\s*error:\s*(.+?)\s*$")
-_NCCL_VERSION = re.compile(r"\bNCCL version (\d+\.\d+\.\d+(?:\+[\w.]+)?)")
 _BINARY = re.compile(r"(?:^|[\s/])(" + "|".join(COLLECTIVES) + r")_perf\b")
 _PARAMS = {
     "nthread": r"nThread (\d+)", "ngpus": r"nGpus (\d+)", "min_bytes": r"minBytes (\d+)",
@@ -184,14 +185,14 @@ def parse_nccl_tests(text: str, *, expect_busbw_gbs: float = 22.0, source_name: 
     physical_lines = text.splitlines()
     open_tail = bool(text) and text[-1] not in "\r\n"  # last line has no newline: maybe cut
     for i, physical in enumerate(physical_lines):
-        raw = _LINE_TAG.sub("", _ANSI.sub("", physical)).rstrip()
+        raw = _LINE_TAG.sub("", strip_ansi(physical)).rstrip()
         line = raw.strip()
         if not line:
             continue
         if line.startswith("#"):
             root_col, per_iter = _header_line(rep, line, root_col, per_iter)
             continue
-        if (m := _NCCL_VERSION.search(line)) is not None:
+        if (m := NCCL_VERSION.search(line)) is not None:
             rep.version.setdefault("nccl_runtime", m[1])
         row = _parse_row(line.split(), root_col, per_iter)
         if row is not None and open_tail and i == len(physical_lines) - 1 and _narrower(raw, last_row_width):

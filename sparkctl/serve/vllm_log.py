@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ..logtext import strip_process_tags
+
 # (stage name, pattern). A log has reached a stage when the pattern occurs;
 # stages are ordered, and the furthest one reached is reported.
 STAGES: list[tuple[str, re.Pattern[str]]] = [
@@ -189,7 +191,7 @@ class LogReader:
             if code not in self._seen_codes and pattern.search(line):
                 self._seen_codes.add(code)
                 report.findings.append(Finding(code, message, hint, line.strip()[:300]))
-        stripped = _strip_prefix(line)
+        stripped = strip_process_tags(line.strip())
         match = _TRACEBACK_LAST.match(stripped)
         if match and match.group(1) not in {"FutureWarning", "UserWarning", "DeprecationWarning"}:
             report.last_exception = stripped[:300]
@@ -199,13 +201,6 @@ def read_log(text: str) -> LogReport:
     reader = LogReader()
     reader.feed(text)
     return reader.close()
-
-
-_PREFIX = re.compile(r"^\((?:[\w-]+) pid=\d+(?:, ip=[\d.]+)?\)\s*")
-
-
-def _strip_prefix(line: str) -> str:
-    return _PREFIX.sub("", line.strip())
 
 
 def tail_lines(text: str, count: int = 20) -> list[str]:
