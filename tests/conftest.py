@@ -52,6 +52,15 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=vllm_reason))
 
 
+def network_plans(inventory, interfaces: dict[str, dict[str, list[str]]], playbook=None) -> dict:
+    """The per-host plan `up` would use, from each node's {ifname: [cidr, ...]} alone
+    (no RDMA), through the real planner; raises as `up` does when it cannot be derived."""
+    from sparkctl.checks import ClusterSpec, derive_plan
+
+    facts = {n.name: {"interfaces": interfaces.get(n.name, {})} for n in inventory.nodes}
+    return derive_plan(ClusterSpec.from_config(inventory, playbook), facts).require()
+
+
 def sparkctl(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
     return subprocess.run(

@@ -15,12 +15,11 @@ from sparkctl.agent import node_agent
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
 from sparkctl.errors import OperationFailed
 from sparkctl.inventory import load_inventory
-from sparkctl.netplan import plan_network
 from sparkctl.ops.group import run_group
 from sparkctl.ops.nodes import Nodes
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession
-from tests.conftest import REPO, local_pair_processes
+from tests.conftest import REPO, local_pair_processes, network_plans
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]  # needs torch from the vLLM venv
 
@@ -53,7 +52,7 @@ def local_pair():
 
 def run(inventory, nodes, tmp_path, mode, timeout_s=120):
     script = str(tmp_path / "job.py")
-    plans = plan_network(inventory, {n.name: {"lo": ["127.0.0.1/8"]} for n in inventory.nodes})
+    plans = network_plans(inventory, {n.name: {"lo": ["127.0.0.1/8"]} for n in inventory.nodes})
     job = TorchrunJob(role="job", python=PYTHON, program=(script, mode), master_port=29620,
                       env={"OMP_NUM_THREADS": "1"})
     specs = plan_torchrun(inventory, plans, job)

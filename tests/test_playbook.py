@@ -11,10 +11,11 @@ import pytest
 from sparkctl.backends.mp import plan_mp
 from sparkctl.errors import InputError
 from sparkctl.inventory import load_inventory
-from sparkctl.netplan import interface_for, plan_network
+from sparkctl.checks.fabric import interface_for
 from sparkctl.ops.launch import plan_digest
 from sparkctl.ops.up import endpoint_url, forwarded_secrets
 from sparkctl.playbook import check_against_inventory, load_playbook
+from tests.conftest import network_plans
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,7 +122,7 @@ def test_world_size_must_match_nodes(tmp_path):
 def test_mp_plan_argv_and_env_per_node(tmp_path):
     inv = load_inventory(write(tmp_path, PAIR, "inv.yaml"))
     pb = load_playbook(write(tmp_path, PLAYBOOK))
-    plans = plan_network(inv, IFACES)
+    plans = network_plans(inv, IFACES, pb)
     head, worker = plan_mp(inv, pb, plans)
     assert head.node == "a" and worker.node == "b"
     assert list(head.argv) == [
@@ -150,7 +151,7 @@ def test_mp_plan_argv_and_env_per_node(tmp_path):
 def test_argv_keeps_hostile_values_as_single_words(tmp_path):
     inv = load_inventory(write(tmp_path, PAIR, "inv.yaml"))
     pb = load_playbook(write(tmp_path, "model: '/models/a b; rm -rf ~'\ntensor_parallel_size: 2\nvllm_args: ['--chat-template=$(id)']\n"))
-    head, _ = plan_mp(inv, pb, plan_network(inv, IFACES))
+    head, _ = plan_mp(inv, pb, network_plans(inv, IFACES, pb))
     line = shlex.join(head.argv)
     assert shlex.split(line)[2] == "/models/a b; rm -rf ~"
     assert "'--chat-template=$(id)'" in line
@@ -159,14 +160,16 @@ def test_argv_keeps_hostile_values_as_single_words(tmp_path):
 def test_single_node_has_no_multinode_flags(tmp_path):
     inv = load_inventory(write(tmp_path, "cluster: one\nnodes: [{name: a, connection: local}]\n", "inv.yaml"))
     pb = load_playbook(write(tmp_path, "model: /m\n"))
-    (spec,) = plan_mp(inv, pb, plan_network(inv, {"a": {"lo": ["127.0.0.1/8"]}}))
+    (spec,) = plan_mp(inv, pb, network_plans(inv, {"a": {"lo": ["127.0.0.1/8"]}}, pb))
     assert "--nnodes" not in spec.argv and "--node-rank" not in spec.argv and "--headless" not in spec.argv
     assert spec.env["GLOO_SOCKET_IFNAME"] == "lo"
 
 
 def test_inventory_fabric_interface_overrides_discovery(tmp_path):
     inv = load_inventory(write(tmp_path, PAIR + "fabric: {interface: enP2p1s0f1np1}\n", "inv.yaml"))
-    plans = plan_network(inv, IFACES)
+    twins = {name: {**ifaces, "enP2p1s0f1np1": [f"192.168.101.{10 + i}/24"]}
+             for i, (name, ifaces) in enumerate(IFACES.items())}
+    plans = network_plans(inv, twins)
     assert plans["b"].interface == "enP2p1s0f1np1" and plans["b"].why["interface"] == "inventory fabric.interface"
 
 
@@ -176,7 +179,7 @@ def test_fabric_ip_not_on_node_is_an_error(tmp_path):
     inv = load_inventory(write(tmp_path, PAIR, "inv.yaml"))
     wrong = {**IFACES, "b": {"lo": ["127.0.0.1/8"], "enP7s7": ["10.0.0.11/24"]}}
     with pytest.raises(OperationFailed) as caught:
-        plan_network(inv, wrong)
+        network_plans(inv, wrong)
     assert "b: no interface holds fabric_ip 192.168.100.11 (IPv4 on the node: enP7s7 10.0.0.11/24, lo 127.0.0.1/8)" in caught.value.message
 
 
@@ -192,7 +195,7 @@ def test_plan_digest_changes_with_argv_or_env_but_not_secrets(tmp_path):
     pb1 = load_playbook(write(tmp_path, PLAYBOOK, "p1.yaml"))
     pb2 = load_playbook(write(tmp_path, PLAYBOOK.replace("4096", "8192"), "p2.yaml"))
     pb3 = load_playbook(write(tmp_path, PLAYBOOK.replace("\"1800\"", "\"900\""), "p3.yaml"))
-    plans = plan_network(inv, IFACES)
+    plans = network_plans(inv, IFACES)
     d1, d2, d3 = (plan_digest(plan_mp(inv, pb, plans)[0]) for pb in (pb1, pb2, pb3))
     assert d1 == plan_digest(plan_mp(inv, pb1, plans)[0])
     assert len({d1, d2, d3}) == 3

@@ -16,7 +16,6 @@ from sparkctl.backends.common import node_dir
 from sparkctl.backends.torchrun import plan_torchrun
 from sparkctl.errors import DeadlineExceeded, InputError, OperationFailed
 from sparkctl.inventory import load_inventory
-from sparkctl.netplan import plan_network
 from sparkctl.probes import allreduce_worker as worker
 from sparkctl.probes import nccl_tests_engine as engine
 from sparkctl.probes.allreduce import (
@@ -40,6 +39,7 @@ from sparkctl.probes.allreduce import (
     transport_summary,
 )
 from sparkctl.probes.nccl_tests import parse_nccl_tests
+from tests.conftest import network_plans
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -73,7 +73,7 @@ def inventory(tmp_path):
 
 @pytest.fixture
 def plans(inventory):
-    return plan_network(inventory, {"spark-a": {"enp1s0f1np1": ["192.168.100.10/24"]},
+    return network_plans(inventory, {"spark-a": {"enp1s0f1np1": ["192.168.100.10/24"]},
                                     "spark-b": {"enp1s0f1np1": ["192.168.100.11/24"]}})
 
 

@@ -11,7 +11,7 @@ no I/O here. Typical use on the controller:
     print(render_text(report)); exit(report.exit_code)
 
 `up` can use `derive_plan(spec, facts).require()`: it returns
-{node: sparkctl.netplan.HostPlan} like netplan.plan_network.
+{node: sparkctl.netplan.HostPlan}.
 """
 
 from sparkctl.checks.findings import CATALOGUE, CheckInfo, Finding, Status, catalogue_markdown, finding, worst

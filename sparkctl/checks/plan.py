@@ -17,8 +17,8 @@ Precedence, lowest first: the derived value, inventory `fabric:` (which changes
 the derivation), then playbook env, inventory env, nodes[].env (which replace
 the value, as backends.mp.vllm_env merges them). Every variable has a `why`.
 
-Nodes without RDMA (CPU test hosts, the local pair) get the same plan from
-fabric_ip / host alone, like sparkctl.netplan does.
+Nodes without RDMA (CPU test hosts, the local pair) get their plan from
+fabric_ip / host alone.
 """
 
 from __future__ import annotations
