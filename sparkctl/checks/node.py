@@ -27,7 +27,7 @@ from sparkctl.checks.fabric import (
     section,
 )
 from sparkctl.checks.findings import Finding, Status, finding
-from sparkctl.checks.spec import DEFAULT_CPU_KVCACHE_GIB, ClusterSpec, NodeSpec
+from sparkctl.checks.spec import DEFAULT_CPU_KVCACHE_GIB, ClusterSpec, NodeSpec, float_or
 from sparkctl.netplan import HostPlan
 
 PASS, WARN, FAIL = Status.PASS, Status.WARN, Status.FAIL
@@ -433,7 +433,7 @@ def check_memory(ctx: NodeContext) -> list[Finding]:
     gpu = section(ctx.facts, "gpu") or {}
     gpus = gpu.get("gpus") or []
     if ctx.cpu_only or not gpus:
-        kv_gib = _float(ctx.env.get("VLLM_CPU_KVCACHE_SPACE") or spec.env_values(ctx.name).get("VLLM_CPU_KVCACHE_SPACE"),
+        kv_gib = float_or(ctx.env.get("VLLM_CPU_KVCACHE_SPACE") or spec.env_values(ctx.name).get("VLLM_CPU_KVCACHE_SPACE"),
                         DEFAULT_CPU_KVCACHE_GIB)
         need = share + kv_gib * 2**30 * max(1, ctx.node.gpus)
         text = (f"MemAvailable {gib(available)}; needs ~{gib(need)} (weights share {gib(share)} + KV cache "
@@ -461,13 +461,6 @@ def check_memory(ctx: NodeContext) -> list[Finding]:
         return [ctx.f("memory.available", FAIL, text + ": the weights do not fit",
                       "use more nodes or a smaller / quantized model")]
     return [ctx.f("memory.available", PASS, text)]
-
-
-def _float(text: str | None, default: float) -> float:
-    try:
-        return float(text) if text not in (None, "") else default
-    except ValueError:
-        return default
 
 
 def check_disk(ctx: NodeContext) -> list[Finding]:

@@ -91,7 +91,7 @@ class ClusterSpec:
                 "backend": playbook.backend,
                 "model_path": playbook.model if playbook.model_is_path else None,
                 "load_format": vllm_arg(args, "--load-format"),
-                "gpu_memory_utilization": _float(vllm_arg(args, "--gpu-memory-utilization"),
+                "gpu_memory_utilization": float_or(vllm_arg(args, "--gpu-memory-utilization"),
                                                  DEFAULT_GPU_MEMORY_UTILIZATION),
                 "world_size": playbook.world_size,
                 "cpu_only": True if {**playbook.env, **inventory.env}.get("VLLM_TARGET_DEVICE") == "cpu" else None,
@@ -119,8 +119,9 @@ def vllm_arg(args: list[str], flag: str) -> str | None:
     return value
 
 
-def _float(text: str | None, default: float) -> float:
+def float_or(text: str | None, default: float) -> float:
+    """A number from a setting, or the default when it is absent, empty or not a number."""
     try:
-        return float(text) if text is not None else default
+        return float(text) if text not in (None, "") else default
     except ValueError:
         return default
