@@ -245,6 +245,108 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_options(args: argparse.Namespace) -> Any:
+    from sparkctl.bench import options as o
+
+    for flag, value in (("--duration", args.duration), ("--request-timeout", args.request_timeout),
+                        ("--burstiness", args.burstiness)):
+        o.positive(flag, value)
+    for flag, value in (("--num-prompts", args.num_prompts), ("--output-len", args.output_len),
+                        ("--max-concurrency", args.max_concurrency)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    if args.warmup < 0 or args.prefix_len < 0:
+        raise InputError("--warmup and --prefix-len must be 0 or more")
+    input_lens = o.int_list("--input-len", args.input_len)
+    if args.prefix_len and any(args.prefix_len >= n for n in input_lens):
+        raise InputError(f"--prefix-len {args.prefix_len} must be shorter than every --input-len ({args.input_len})")
+    steps = o.build_steps(
+        concurrency=o.int_list("--concurrency", args.concurrency),
+        request_rates=o.float_list("--request-rate", args.request_rate),
+        input_lens=input_lens,
+        output_len=args.output_len,
+        burstiness=args.burstiness,
+        max_concurrency=args.max_concurrency,
+    )
+    return o.BenchOptions(
+        steps=steps,
+        num_prompts=args.num_prompts,
+        duration_s=args.duration,
+        warmup=args.warmup,
+        request_timeout_s=args.request_timeout,
+        endpoint=args.endpoint,
+        seed=args.seed,
+        prefix_len=args.prefix_len,
+        tokenizer=args.tokenizer,
+        percentiles=o.parse_percentiles(args.percentiles),
+        slo=o.parse_slo(args.slo),
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sparkctl.bench.report import bench_text
+    from sparkctl.bench.result import result_file, save_result
+    from sparkctl.bench.runner import Target
+    from sparkctl.ops.bench import bench, cluster_target
+    from sparkctl.progress import LiveLine, NullLine
+
+    options = _bench_options(args)
+    if args.plot:
+        from sparkctl.plotting import require_matplotlib
+
+        require_matplotlib()  # before minutes of measuring, not after
+    cluster = None
+    if args.url:
+        if args.inventory or getattr(args, "playbook", None):
+            raise InputError("--url benchmarks an endpoint without an inventory: give either --url or -i/-p")
+        if args.nodes < 1:
+            raise InputError(f"--nodes must be at least 1, got {args.nodes}")
+        target = Target(args.url, args.model, os.environ.get(args.api_key_env) or None, nodes=args.nodes)
+    else:
+        inventory, playbook = _load(args, playbook="optional")
+        target, cluster = cluster_target(inventory, playbook, os.environ, args.api_key_env)
+        if args.model:
+            target = Target(target.base_url, args.model, target.api_key, target.nodes)
+    progress = NullLine() if args.quiet else LiveLine(sys.stderr)
+    result = bench(target, options, progress, cluster)
+    document = result.to_dict()
+    if args.save_result:
+        save_result(document, args.save_result)
+    if args.plot and result.steps:
+        from sparkctl.bench.plot import plot_results
+
+        plot_results([result_file(document, args.save_result or "this run")], args.plot,
+                     title=f"{result.metadata.model} at {result.metadata.endpoint}")
+    _emit(args, lambda: document, lambda: bench_text(result))
+    if not args.json:
+        for path, what in ((args.save_result, "result"), (args.plot, "plot")):
+            if path:
+                print(f"{what}: {path}")
+    if result.interrupted:
+        sys.stderr.write("interrupted: what was measured so far is above" + (f" and in {args.save_result}" if args.save_result else "") + "\n")
+        return int(ExitCode.INTERRUPTED)
+    return 0
+
+
+def cmd_bench_compare(args: argparse.Namespace) -> int:
+    from sparkctl.bench.report import compare_text
+    from sparkctl.bench.result import load_result
+
+    if args.plot:
+        from sparkctl.plotting import require_matplotlib
+
+        require_matplotlib()
+    files = [load_result(path) for path in args.results]
+    if args.plot:
+        from sparkctl.bench.plot import plot_results
+
+        plot_results(files, args.plot, title="compared results")
+    _emit(args, lambda: {"results": [{"path": f.path, "name": f.name, "source": f.source,
+                                      "steps": [p.__dict__ for p in f.points]} for f in files]},
+          lambda: compare_text(files) + (f"\nplot: {args.plot}" if args.plot else ""))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from sparkctl.ops import doctor
 
@@ -365,6 +467,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nccl-tests: the link's expected bus bandwidth in GB/s (default 22, a Spark pair)")
     p.set_defaults(handler=cmd_doctor)
 
+    p = sub.add_parser("bench", parents=[common, inv, pb, quiet],
+                       help="serving benchmark of the cluster's endpoint (or --url): TTFT/TPOT/ITL, throughput, the server's view")
+    p.add_argument("--url", help="benchmark this OpenAI-compatible endpoint instead of the inventory's (e.g. http://host:8000)")
+    p.add_argument("--model", help="the served model name (default: the playbook's, or the only model the endpoint serves)")
+    p.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME",
+                   help="environment variable holding the API key, if the endpoint needs one (default VLLM_API_KEY)")
+    p.add_argument("--nodes", type=int, default=1, help="with --url: nodes behind the endpoint, for tok/s per node (default 1)")
+    p.add_argument("--concurrency", metavar="N,N,...", help="closed loop: keep exactly N requests in flight, one step per N (default 1,2,4,8)")
+    p.add_argument("--request-rate", metavar="R,R,...", help="open loop: arrivals per second (Poisson unless --burstiness), one step per rate")
+    p.add_argument("--burstiness", type=float, default=1.0, help="open loop: gamma shape of the arrivals (1 = Poisson; lower is burstier)")
+    p.add_argument("--max-concurrency", type=int, help="open loop: at most this many requests in flight")
+    p.add_argument("--input-len", default="1024", metavar="N,N,...", help="prompt length in tokens; a list makes one step per length (default 1024)")
+    p.add_argument("--output-len", type=int, default=128, help="tokens generated per request (default 128; ignore_eos is sent)")
+    p.add_argument("--num-prompts", type=int, default=64, help="requests per step (default 64)")
+    p.add_argument("--duration", type=float, metavar="S", help="run each step this many seconds instead of --num-prompts requests")
+    p.add_argument("--warmup", type=int, default=2, help="requests before each step that are not counted (default 2)")
+    p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="deadline per request (default 600)")
+    p.add_argument("--endpoint", choices=["completions", "chat"], default="completions", help="/v1/completions (default) or /v1/chat/completions")
+    p.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals (default 0)")
+    p.add_argument("--prefix-len", type=int, default=0, help="tokens of one prefix shared by every prompt (default 0: all prompts unique)")
+    p.add_argument("--tokenizer", metavar="PATH", help="a tokenizer.json or model folder for prompt lengths when the server has no /tokenize")
+    p.add_argument("--percentiles", metavar="P,P,...", help="extra percentiles, e.g. 50,90,99 (p99 is always reported)")
+    p.add_argument("--slo", metavar="ttft=MS,tpot=MS,e2el=MS", help="SLOs for goodput; the report names the highest load meeting them")
+    p.add_argument("--save-result", metavar="FILE.json", help="write the result document (also when interrupted)")
+    p.add_argument("--plot", metavar="FILE.png", help="Pareto chart and latency against load (needs matplotlib)")
+    p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser("bench-compare", parents=[common],
+                       help="`sparkctl bench compare A.json B.json ...`: results side by side (sparkctl or vllm bench serve files)")
+    p.add_argument("results", nargs="+", metavar="RESULT.json", help="result files")
+    p.add_argument("--plot", metavar="FILE.png", help="overlaid Pareto chart (needs matplotlib)")
+    p.set_defaults(handler=cmd_bench_compare)
+
     p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
     p.add_argument("--node", help="only this node")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines per node (default 50)")
@@ -379,6 +514,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "compare"]:
+        argv = ["bench-compare", *argv[2:]]  # `bench compare` reads results; `bench` alone measures
     args = parser.parse_args(argv)
     # A closed terminal (SIGHUP) or a supervisor's SIGTERM gets what Ctrl-C gets:
     # everything this command started is stopped before it exits.

@@ -41,3 +41,37 @@ class RecordingReporter:
 
     def event(self, node: str | None, message: str) -> None:
         self.events.append((time.monotonic() - self.started, node, message))
+
+
+class LiveLine:
+    """One line that changes in place on a terminal; elsewhere (a log, CI) a line
+    at most every `every_s` seconds. `done` always leaves its line behind."""
+
+    def __init__(self, stream: TextIO | None = None, *, every_s: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = every_s
+        self.last = 0.0
+
+    def update(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\x1b[K" + text)
+        elif time.monotonic() - self.last >= self.every_s:
+            self.stream.write(text + "\n")
+            self.last = time.monotonic()
+        else:
+            return
+        self.stream.flush()
+
+    def done(self, text: str) -> None:
+        self.stream.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.stream.flush()
+        self.last = 0.0
+
+
+class NullLine:
+    def update(self, text: str) -> None:
+        pass
+
+    def done(self, text: str) -> None:
+        pass

@@ -1,40 +1,19 @@
-"""Latency and bus bandwidth against message size, per mode, as a PNG.
-
-matplotlib is optional: it is imported only when a plot is asked for, and its
-absence is a clear input error with the install command.
-"""
+"""Latency and bus bandwidth against message size, per mode, as a PNG."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sparkctl.errors import InputError, OperationFailed
+from sparkctl.plotting import pyplot, require_matplotlib, save
 from sparkctl.probes.allreduce import ProbeReport, ProbeRow
 from sparkctl.probes.nccl_tests import human_bytes
 
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display on a headless controller
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError(
-            "--plot needs matplotlib, which is not installed in sparkctl's environment",
-            hint="pip install matplotlib (into the environment that runs sparkctl)",
-        ) from None
-    return plt
-
-
-def require_matplotlib() -> None:
-    """Fail before a long probe rather than after it, when --plot cannot work."""
-    _pyplot()
+__all__ = ["plot", "require_matplotlib"]
 
 
 def plot(report: ProbeReport, path: str) -> str:
     """Two panels (log-log): p50 latency with its p99 band, and busbw; one line per mode."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (lat, bw) = plt.subplots(1, 2, figsize=(12, 4.5))
     try:
         for mode in report.modes:
@@ -54,11 +33,7 @@ def plot(report: ProbeReport, path: str) -> str:
             ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend()
-        fig.tight_layout()
-        try:
-            fig.savefig(path, dpi=120)
-        except OSError as exc:
-            raise OperationFailed(f"cannot write the plot to {path}: {exc.strerror or exc}") from None
+        save(fig, path)
     finally:
         plt.close(fig)
     return path
