@@ -4,11 +4,11 @@ and benchmarking the load generator (never a stand-in for vLLM where vLLM can ru
 It streams `max_tokens` one-word chunks: the first after --ttft-ms, the next
 every --itl-ms (0: as fast as it can), then a usage chunk and [DONE], in the
 shape vLLM sends. /v1/models, /version, /tokenize, /detokenize (one token per
-word) and /metrics (vLLM's current metric names, or the older ones with
+word), /timing (the medians of the TTFT and TPOT it really produced) and /metrics (vLLM's current metric names, or the older ones with
 --old-metrics) are served so every path of `sparkctl bench` has something real
 to talk to. Faults on request: --fail-every N answers every Nth request with
 HTTP 500; --refuse-ignore-eos answers 400 to requests that send ignore_eos;
---api-key K wants `Authorization: Bearer K`.
+--api-key K wants `Authorization: Bearer K`; --no-tokenize serves no /tokenize.
 
 Run: python -m tests.stream_server --port 0   (prints `listening on PORT`)
 """
@@ -18,11 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
+import time
 
 from aiohttp import web
 
 WORD = "tok"
+
+
+def _chunk(kind: str, chat: bool, *, last: bool) -> bytes:
+    text = f" {WORD}"
+    choice: dict[str, object] = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
+    if last:
+        choice["finish_reason"] = "length"
+    return b"data: " + json.dumps({"object": kind, "choices": [choice]}).encode() + b"\n\n"
 
 
 class Counters:
@@ -32,10 +42,12 @@ class Counters:
         self.generation_tokens = 0
         self.prompt_tokens = 0
         self.success = 0
+        self.ttfts: list[float] = []
+        self.tpots: list[float] = []
 
 
 def make_app(*, ttft_ms: float, itl_ms: float, model: str, fail_every: int = 0, refuse_ignore_eos: bool = False,
-             api_key: str | None = None, old_metrics: bool = False) -> web.Application:
+             api_key: str | None = None, old_metrics: bool = False, tokenize_endpoints: bool = True) -> web.Application:
     counters = Counters()
 
     @web.middleware
@@ -73,6 +85,7 @@ def make_app(*, ttft_ms: float, itl_ms: float, model: str, fail_every: int = 0, 
         return web.Response(text=text, content_type="text/plain")
 
     async def complete(request: web.Request) -> web.StreamResponse:
+        arrived = time.perf_counter()
         body = await request.json()
         counters.requests += 1
         if refuse_ignore_eos and "ignore_eos" in body:
@@ -92,29 +105,48 @@ def make_app(*, ttft_ms: float, itl_ms: float, model: str, fail_every: int = 0, 
             if chat:  # vLLM's chat streams start with a role-only chunk
                 first = {"object": kind, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
                 await response.write(b"data: " + json.dumps(first).encode() + b"\n\n")
-            await asyncio.sleep(ttft_ms / 1000)
-            for i in range(tokens):
-                if i and itl_ms:
-                    await asyncio.sleep(itl_ms / 1000)
-                text = f" {WORD}"
-                choice = {"index": 0, "delta": {"content": text}} if chat else {"index": 0, "text": text}
-                if i == tokens - 1:
-                    choice["finish_reason"] = "length"
-                await response.write(b"data: " + json.dumps({"object": kind, "choices": [choice]}).encode() + b"\n\n")
-                counters.generation_tokens += 1
+            chunks = [_chunk(kind, chat, last=i == tokens - 1) for i in range(tokens)]
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens}
-            await response.write(b"data: " + json.dumps({"object": kind, "choices": [], "usage": usage}).encode() + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+            tail = b"data: " + json.dumps({"object": kind, "choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n"
+            if not ttft_ms and not itl_ms:  # instant: the whole stream in one write, so the client is the bottleneck
+                counters.generation_tokens += tokens
+                await response.write(b"".join(chunks) + tail)
+            else:
+                # each chunk at its own deadline from the start, so sleep overshoot does not add up
+                written = []
+                for i, chunk in enumerate(chunks):
+                    delay = arrived + (ttft_ms + i * itl_ms) / 1000 - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    await response.write(chunk)
+                    written.append(time.perf_counter())
+                    counters.generation_tokens += 1
+                await response.write(tail)
+                # what the server really did, from the request's arrival: the truth a client is judged against
+                counters.ttfts.append(written[0] - arrived)
+                if len(written) > 1:
+                    counters.tpots.append((written[-1] - written[0]) / (len(written) - 1))
             counters.success += 1
         finally:
             counters.running -= 1
         return response
 
+    async def timing(_: web.Request) -> web.Response:
+        """Medians of what the server did since the last call (ms), then forget them."""
+        data = {"requests": len(counters.ttfts),
+                "median_ttft_ms": statistics.median(counters.ttfts) * 1000 if counters.ttfts else None,
+                "median_tpot_ms": statistics.median(counters.tpots) * 1000 if counters.tpots else None}
+        counters.ttfts.clear()
+        counters.tpots.clear()
+        return web.json_response(data)
+
     app = web.Application(middlewares=[auth])
+    app.router.add_get("/timing", timing)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/version", version)
-    app.router.add_post("/tokenize", tokenize)
-    app.router.add_post("/detokenize", detokenize)
+    if tokenize_endpoints:
+        app.router.add_post("/tokenize", tokenize)
+        app.router.add_post("/detokenize", detokenize)
     app.router.add_get("/metrics", metrics)
     app.router.add_post("/v1/completions", complete)
     app.router.add_post("/v1/chat/completions", complete)
@@ -141,10 +173,19 @@ def main() -> None:
     parser.add_argument("--refuse-ignore-eos", action="store_true")
     parser.add_argument("--api-key")
     parser.add_argument("--old-metrics", action="store_true")
+    parser.add_argument("--no-tokenize", action="store_true", help="no /tokenize and /detokenize")
     a = parser.parse_args()
     try:
-        asyncio.run(serve(a.port, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, model=a.model, fail_every=a.fail_every,
-                          refuse_ignore_eos=a.refuse_ignore_eos, api_key=a.api_key, old_metrics=a.old_metrics))
+        import uvloop  # as fast a server as this machine allows, when installed
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve(a.port, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, model=a.model, fail_every=a.fail_every,
+                          refuse_ignore_eos=a.refuse_ignore_eos, api_key=a.api_key, old_metrics=a.old_metrics,
+                              tokenize_endpoints=not a.no_tokenize))
     except KeyboardInterrupt:
         sys.exit(0)
 

