@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: bring up vLLM for CPU with TP=2 across the built-in local pair,
-# ask it one chat question, show status, tear it down.
+# ask it one chat question, measure it with a short benchmark, show status,
+# tear it down.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p out
 sparkctl=.venv/bin/sparkctl
 inv=inventories/local.yaml
 pb=playbooks/tiny-cpu.yaml
@@ -19,6 +21,11 @@ curl -sS --max-time 120 http://127.0.0.1:8013/v1/chat/completions \
     -H 'Content-Type: application/json' \
     -d '{"model": "tiny", "messages": [{"role": "user", "content": "Say hello to the Spark owners."}], "max_tokens": 16, "temperature": 0}' \
   | .venv/bin/python -c 'import json,sys; r=json.load(sys.stdin); print("assistant:", repr(r["choices"][0]["message"]["content"])); print("usage:", r["usage"])'
+
+echo
+echo "== sparkctl bench -i $inv (a short ladder: 8 requests per step)"
+$sparkctl bench -i "$inv" --concurrency 1,4 --input-len 64 --output-len 32 --num-prompts 8 \
+    --save-result out/demo-bench.json --plot out/demo-bench.png
 
 echo
 echo "== sparkctl status -i $inv"
