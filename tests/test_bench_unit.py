@@ -233,3 +233,16 @@ def test_a_real_vllm_bench_serve_result_is_read():
     assert p.max_concurrency == 4 and p.request_rate is None  # "inf": closed loop
     assert p.completed == raw["completed"] and p.output_throughput == raw["output_throughput"]
     assert p.tok_s_per_user == pytest.approx(1000 / raw["median_tpot_ms"])
+
+
+def test_what_counts_as_a_token_chunk():
+    from sparkctl.bench.client import _is_token
+
+    assert _is_token({"text": " a"}, chat=False)
+    assert _is_token({"text": ""}, chat=False)  # a token that decodes to nothing yet is still a token
+    assert not _is_token({"text": "", "finish_reason": "length"}, chat=False)  # a bare finish marker
+    assert _is_token({"text": "z", "finish_reason": "length"}, chat=False)
+    assert not _is_token({"delta": {"role": "assistant", "content": ""}}, chat=True)  # the role announcement
+    assert _is_token({"delta": {"content": "hi"}}, chat=True)
+    assert _is_token({"delta": {"reasoning_content": "think"}}, chat=True)
+    assert not _is_token({"delta": {}, "finish_reason": "stop"}, chat=True)

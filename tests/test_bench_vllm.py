@@ -55,6 +55,7 @@ def test_ladder_and_poisson_step_on_the_local_pair(serving_pair, tmp_path):
         assert s["failed"] == 0 and s["completed"] == 12
         assert s["request_throughput"] * s["duration"] == pytest.approx(12)
         assert s["total_output_tokens"] == 12 * 16  # ignore_eos: exactly --output-len each
+        assert s["token_count_mismatches"] == 0 and s["short_outputs"] == 0
         assert 12 * 47 <= s["total_input_tokens"] <= 12 * 49
         for metric in ("ttft", "tpot", "itl", "e2el"):
             assert 0 < s[f"p50_{metric}_ms"] <= s[f"p90_{metric}_ms"] <= s[f"p99_{metric}_ms"]

@@ -2,13 +2,16 @@
 `vllm bench serve` times it (time.perf_counter on the client, per SSE chunk).
 
 Definitions (vLLM's names):
-- TTFT: send -> the first chunk that carries generated text (a chat stream's
-  role-only first chunk does not count, unlike vLLM's client);
-- ITL: the gaps between consecutive text-carrying chunks after the first;
+- a token chunk: a chunk whose choice carries generated output. Its text may be
+  empty (a byte-fallback token that completes no character yet is still a
+  token); a chat stream's opening role-only chunk and a closing chunk with only
+  a finish reason are not token chunks (vLLM's client counts the role chunk);
+- TTFT: send -> the first token chunk;
+- ITL: the gaps between consecutive token chunks after the first;
 - E2EL: send -> the last chunk that carries a choice;
 - output tokens: the server's `usage.completion_tokens` (stream_options.include_usage);
-  the client's own count is the number of text-carrying chunks (one token per
-  chunk unless the server batches tokens, as speculative decoding does).
+  the client's own count is the number of token chunks (one token per chunk
+  unless the server batches tokens, as speculative decoding does).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class RequestRecord:
     e2el: float | None = None
     output_tokens: int | None = None  # the server's usage count
     server_prompt_tokens: int | None = None
-    chunks: int = 0  # text-carrying chunks seen by the client
+    chunks: int = 0  # token chunks seen by the client
 
     @property
     def output_len(self) -> int:
@@ -100,11 +103,14 @@ class RequestShape:
         return body
 
 
-def _chunk_text(choice: dict[str, Any], chat: bool) -> str:
-    if not chat:
-        return choice.get("text") or ""
-    delta = choice.get("delta") or {}
-    return delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
+def _is_token(choice: dict[str, Any], chat: bool) -> bool:
+    if chat:
+        delta = choice.get("delta") or {}
+        text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning") or ""
+        if not text and ("role" in delta or choice.get("finish_reason")):
+            return False  # the opening role announcement, or a bare finish marker
+        return True
+    return bool(choice.get("text")) or not choice.get("finish_reason")
 
 
 async def send(session: aiohttp.ClientSession, shape: RequestShape, prompt: Prompt, record: RequestRecord,
@@ -113,7 +119,7 @@ async def send(session: aiohttp.ClientSession, shape: RequestShape, prompt: Prom
     server or the network does (that is an error kind on the record)."""
     chat = shape.endpoint == "chat"
     sent = time.perf_counter()
-    last_text = 0.0
+    last_token = 0.0
     try:
         async with session.post(shape.url, json=shape.payload(prompt.text, output_len=output_len),
                                 headers=shape.headers(), timeout=aiohttp.ClientTimeout(total=timeout_s)) as response:
@@ -136,12 +142,12 @@ async def send(session: aiohttp.ClientSession, shape: RequestShape, prompt: Prom
                 choices = chunk.get("choices")
                 if choices:
                     record.e2el = now - sent
-                    if _chunk_text(choices[0], chat):
+                    if _is_token(choices[0], chat):
                         if record.ttft is None:
                             record.ttft = now - sent
                         else:
-                            record.itl.append(now - last_text)
-                        last_text = now
+                            record.itl.append(now - last_token)
+                        last_token = now
                         record.chunks += 1
                 usage = chunk.get("usage")
                 if usage:
@@ -157,7 +163,7 @@ async def send(session: aiohttp.ClientSession, shape: RequestShape, prompt: Prom
         record.error_kind, record.error = "protocol", f"not an OpenAI-compatible stream: {exc}"[:300]
         return record
     if record.ttft is None:
-        record.error_kind, record.error = "protocol", "the stream ended without generated text"
+        record.error_kind, record.error = "protocol", "the stream ended without a generated token"
         return record
     record.ok = True
     return record
