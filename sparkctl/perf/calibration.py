@@ -1,0 +1,150 @@
+"""Checking the model against published measurements, and fitting one cluster's
+fixed per-step overhead from its own concurrency-1 bench result."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, replace
+from typing import Any
+
+import yaml
+
+from sparkctl.errors import InputError
+from sparkctl.perf.hardware import hardware
+from sparkctl.perf.model_config import load_config, parse_model
+from sparkctl.perf.predict import Scenario, decode_step, predict
+from sparkctl.perf.quant import kv_bytes, plan_for
+
+
+@dataclass(frozen=True)
+class Measurement:
+    id: str
+    source: str
+    engine: str
+    hardware: str
+    model: str  # a file name (without .json) under the model-config folder
+    quant: str
+    tp: int
+    concurrency: int
+    context: int
+    metric: str  # per_user | total
+    measured: float
+    kv_dtype: str = "bf16"
+    all_linear: bool = False
+    eager: bool = False
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    case: Measurement
+    predicted: float
+    bound: str
+
+    @property
+    def error(self) -> float:
+        """Signed relative error of the prediction against the measurement."""
+        return (self.predicted - self.case.measured) / self.case.measured
+
+
+@dataclass(frozen=True)
+class Summary:
+    cases: int
+    median_abs_error: float
+    within_25: float
+
+
+_REQUIRED = ("id", "source", "engine", "hardware", "model", "quant", "concurrency", "context", "metric", "measured")
+
+
+def load_measurements(path: str) -> tuple[Measurement, ...]:
+    with open(path, encoding="utf-8") as handle:
+        data = yaml.safe_load(handle)
+    out = []
+    for i, entry in enumerate((data or {}).get("cases", [])):
+        missing = [k for k in _REQUIRED if k not in entry]
+        if missing:
+            raise InputError(f"{path}: case {i} lacks {', '.join(missing)}")
+        if entry["metric"] not in ("per_user", "total"):
+            raise InputError(f"{path}: case {entry['id']}: metric must be per_user or total")
+        out.append(Measurement(
+            id=str(entry["id"]), source=str(entry["source"]), engine=str(entry["engine"]),
+            hardware=str(entry["hardware"]), model=str(entry["model"]), quant=str(entry["quant"]),
+            tp=int(entry.get("tp", 1)), concurrency=int(entry["concurrency"]), context=int(entry["context"]),
+            metric=str(entry["metric"]), measured=float(entry["measured"]), kv_dtype=str(entry.get("kv_dtype", "bf16")),
+            all_linear=bool(entry.get("all_linear", False)), eager=bool(entry.get("eager", False)),
+            note=str(entry.get("note", "")),
+        ))
+    return tuple(out)
+
+
+def scenario_for(case: Measurement, configs_dir: str) -> Scenario:
+    config, source = load_config(os.path.join(configs_dir, f"{case.model}.json"))
+    model = parse_model(config, source)
+    return Scenario(
+        model=model, plan=plan_for(model, case.quant, all_linear=case.all_linear), hardware=hardware(case.hardware),
+        tp=case.tp, concurrency=case.concurrency, context=case.context, kv_bytes=kv_bytes(case.kv_dtype),
+        eager=case.eager,
+    )
+
+
+def evaluate(cases: tuple[Measurement, ...], configs_dir: str) -> tuple[Row, ...]:
+    rows = []
+    for case in cases:
+        prediction = predict(scenario_for(case, configs_dir))
+        value = prediction.decode_tok_s_per_user if case.metric == "per_user" else prediction.decode_tok_s_total
+        rows.append(Row(case, value, prediction.step.bound))
+    return tuple(rows)
+
+
+def summarize(rows: tuple[Row, ...]) -> Summary:
+    errors = [abs(r.error) for r in rows]
+    return Summary(len(rows), statistics.median(errors) if errors else 0.0,
+                   sum(e <= 0.25 for e in errors) / len(errors) if errors else 0.0)
+
+
+def render_table(rows: tuple[Row, ...]) -> str:
+    """The docs table: one line per measurement, then the summary."""
+    summary = summarize(rows)
+    lines = [
+        "| case | hardware | model | quant | TP | conc. | context | engine | measured | predicted | error | bound | source |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        c = r.case
+        unit = "tok/s/user" if c.metric == "per_user" else "tok/s total"
+        quant = c.quant + (" (all linear)" if c.all_linear else "") + (", kv fp8" if c.kv_dtype == "fp8" else "")
+        quant += ", eager" if c.eager else ""
+        lines.append(
+            f"| {c.id} | {c.hardware} | {c.model} | {quant} | {c.tp} | {c.concurrency} | {c.context} | {c.engine} | "
+            f"{c.measured:g} {unit} | {r.predicted:.1f} | {r.error:+.0%} | {r.bound} | {c.source} |")
+    lines += [
+        "",
+        f"Cases: {summary.cases}. Median absolute error: {summary.median_abs_error:.1%}. "
+        f"Within 25%: {summary.within_25:.0%} ({round(summary.within_25 * summary.cases)} of {summary.cases}).",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- a cluster's own overhead
+@dataclass(frozen=True)
+class OverheadFit:
+    step_overhead_ms: float
+    measured_tpot_ms: float
+    modelled_without_overhead_ms: float
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step_overhead_ms": round(self.step_overhead_ms, 3), "measured_tpot_ms": round(self.measured_tpot_ms, 3),
+                "modelled_without_overhead_ms": round(self.modelled_without_overhead_ms, 3), "source": self.source}
+
+
+def fit_overhead(scenario: Scenario, measured_tpot_ms: float, source: str) -> OverheadFit:
+    """The fixed per-step overhead that makes the model match a concurrency-1 TPOT:
+    what is left after the memory/compute and communication terms."""
+    if measured_tpot_ms <= 0:
+        raise InputError(f"{source}: the concurrency-1 step has no positive TPOT")
+    bare = decode_step(replace(scenario, concurrency=1, step_overhead_ms=0.0, eager=False), 1)
+    without = bare.total_ms
+    return OverheadFit(max(0.0, measured_tpot_ms - without), measured_tpot_ms, without, source)
