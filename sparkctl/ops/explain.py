@@ -123,8 +123,8 @@ def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
 
     kv_name = options.kv_dtype or (serving.kv_cache_dtype if serving and serving.kv_cache_dtype else "bf16")
     hw = hardware(options.hardware, mem_bw_gbs=options.mem_bw_gbs, tflops=options.tflops)
-    tp = options.tp or (playbook.tensor_parallel_size if playbook else 1)
-    pp = options.pp or (playbook.pipeline_parallel_size if playbook else 1)
+    tp = options.tp if options.tp is not None else (playbook.tensor_parallel_size if playbook else 1)
+    pp = options.pp if options.pp is not None else (playbook.pipeline_parallel_size if playbook else 1)
     for name, value in (("--tp", tp), ("--pp", pp), ("--concurrency", options.concurrency), ("--context", options.context)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")

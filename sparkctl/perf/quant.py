@@ -22,6 +22,7 @@ class WeightFormat:
 # channel), negligible; NVFP4 one fp8 scale per 16 values; MXFP4 one e8m0 scale per
 # 32; AWQ/GPTQ int4 one fp16 scale and a 4-bit zero point per group of 128.
 FORMATS: dict[str, WeightFormat] = {
+    "fp32": WeightFormat("fp32", 4.0, "bf16", "32-bit weights (CPU test models)"),
     "bf16": WeightFormat("bf16", 2.0, "bf16", "16-bit weights"),
     "fp16": WeightFormat("fp16", 2.0, "bf16", "16-bit weights"),
     "fp8": WeightFormat("fp8", 1.0 + 4 / (128 * 128), "fp8", "8-bit float, one fp32 scale per 128x128 block"),
@@ -108,7 +109,7 @@ def plan_for(model: ModelShape, quant_flag: str | None, *, all_linear: bool = Fa
         fmt, source = weight_format(declared), "config.json quantization_config"
     else:
         dtype = (model.declared_dtype or "bfloat16").lower()
-        fmt = FORMATS["fp16" if "float16" == dtype else "bf16"]
+        fmt = FORMATS[{"float16": "fp16", "float32": "fp32"}.get(dtype, "bf16")]
         source = "config.json dtype" if model.declared_dtype else "assumed bf16"
     if fmt.bytes_per_param >= 2:
         return QuantPlan(fmt, False, False, source)
