@@ -268,7 +268,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         inventory, playbook = _load(args, playbook="optional" if args.model_config else "required")
     options = ExplainOptions(
         model_config=args.model_config, quant=args.quant, all_linear=args.all_linear, kv_dtype=args.kv_dtype,
-        tp=args.tp, pp=args.pp, concurrency=args.concurrency, context=args.context, hardware=args.hardware,
+        tp=args.tp, pp=args.pp, concurrency=args.concurrency, context=args.context, output_len=args.output_len,
+        hardware=args.hardware,
         mem_bw_gbs=args.mem_bw_gbs, tflops=args.tflops, allreduce_us=args.allreduce_us, bench=args.bench,
         calibrate=args.calibrate,
     )
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pp", type=int, help="pipeline parallel size (default: the playbook's, else 1)")
     p.add_argument("--concurrency", type=int, default=1, help="requests decoding at once (default 1)")
     p.add_argument("--context", type=int, default=1024, help="tokens in each request's KV cache; also the prompt for TTFT (default 1024)")
+    p.add_argument("--output-len", type=int, help="tokens each request generates: with concurrency > 1, other requests' prompts are prefilled between decode steps")
     p.add_argument("--hardware", default="gb10", help="preset: gb10 (default), h100, h200, a100-40gb, a100-80gb, l40s, rtx4090, rtx5090, rtx-pro-6000, t4")
     p.add_argument("--mem-bw-gbs", type=float, help="memory bandwidth in GB/s (overrides the preset)")
     p.add_argument("--tflops", type=float, help="dense tensor TFLOPS (overrides the preset)")

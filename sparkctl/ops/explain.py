@@ -34,6 +34,7 @@ class ExplainOptions:
     pp: int | None = None
     concurrency: int = 1
     context: int = 1024
+    output_len: int | None = None
     hardware: str = "gb10"
     mem_bw_gbs: float | None = None
     tflops: float | None = None
@@ -125,12 +126,15 @@ def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
     hw = hardware(options.hardware, mem_bw_gbs=options.mem_bw_gbs, tflops=options.tflops)
     tp = options.tp if options.tp is not None else (playbook.tensor_parallel_size if playbook else 1)
     pp = options.pp if options.pp is not None else (playbook.pipeline_parallel_size if playbook else 1)
-    for name, value in (("--tp", tp), ("--pp", pp), ("--concurrency", options.concurrency), ("--context", options.context)):
+    for name, value in (("--tp", tp), ("--pp", pp), ("--concurrency", options.concurrency), ("--context", options.context),
+                        ("--output-len", options.output_len or 1)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
     scenario = Scenario(model=model, plan=plan_for(model, options.quant, all_linear=options.all_linear), hardware=hw,
                         tp=tp, pp=pp, concurrency=options.concurrency, context=options.context,
-                        kv_bytes=kv_bytes(kv_name), eager=bool(serving and serving.enforce_eager and serving.cuda))
+                        kv_bytes=kv_bytes(kv_name), eager=bool(serving and serving.enforce_eager and serving.cuda),
+                        output_len=options.output_len,
+                        prompt_len=max(1, options.context - options.output_len // 2) if options.output_len else None)
 
     cluster = inventory.cluster if inventory is not None else None
     probe = store.load_probe(cluster) if cluster else None

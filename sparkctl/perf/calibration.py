@@ -33,6 +33,8 @@ class Measurement:
     kv_dtype: str = "bf16"
     all_linear: bool = False
     eager: bool = False
+    prompt_len: int | None = None
+    output_len: int | None = None
     note: str = ""
 
 
@@ -74,6 +76,8 @@ def load_measurements(path: str) -> tuple[Measurement, ...]:
             tp=int(entry.get("tp", 1)), concurrency=int(entry["concurrency"]), context=int(entry["context"]),
             metric=str(entry["metric"]), measured=float(entry["measured"]), kv_dtype=str(entry.get("kv_dtype", "bf16")),
             all_linear=bool(entry.get("all_linear", False)), eager=bool(entry.get("eager", False)),
+            prompt_len=int(entry["prompt_len"]) if entry.get("prompt_len") else None,
+            output_len=int(entry["output_len"]) if entry.get("output_len") else None,
             note=str(entry.get("note", "")),
         ))
     return tuple(out)
@@ -85,7 +89,7 @@ def scenario_for(case: Measurement, configs_dir: str) -> Scenario:
     return Scenario(
         model=model, plan=plan_for(model, case.quant, all_linear=case.all_linear), hardware=hardware(case.hardware),
         tp=case.tp, concurrency=case.concurrency, context=case.context, kv_bytes=kv_bytes(case.kv_dtype),
-        eager=case.eager,
+        eager=case.eager, prompt_len=case.prompt_len, output_len=case.output_len,
     )
 
 

@@ -40,6 +40,11 @@ class Scenario:
     step_overhead_ms: float | None = None  # None: the hardware calibration's
     overhead_source: str = "hardware calibration"
     eager: bool = False
+    # Tokens each request generates and reads as prompt. With both known and more
+    # than one request, arriving requests' prompts are prefilled between decode
+    # steps (chunked prefill): batch x prompt / output tokens per step on average.
+    output_len: int | None = None
+    prompt_len: int | None = None
 
     @property
     def nodes(self) -> int:
@@ -59,6 +64,7 @@ class StepTime:
     weight_bytes: float
     kv_bytes: float
     experts_read: float | None
+    prefill_ms: float = 0.0  # other requests' prompts, amortized over the decode steps
 
     @property
     def memory_ms(self) -> float:
@@ -66,12 +72,15 @@ class StepTime:
 
     @property
     def total_ms(self) -> float:
-        return max(self.memory_ms, self.compute_ms) + self.communication_ms + self.overhead_ms
+        return max(self.memory_ms, self.compute_ms) + self.prefill_ms + self.communication_ms + self.overhead_ms
 
     @property
     def bound(self) -> str:
-        parts = {"memory" if self.memory_ms >= self.compute_ms else "compute": max(self.memory_ms, self.compute_ms),
-                 "network": self.communication_ms, "overhead": self.overhead_ms}
+        memory_side = "memory" if self.memory_ms >= self.compute_ms else "compute"
+        parts = {memory_side: max(self.memory_ms, self.compute_ms), "network": self.communication_ms,
+                 "overhead": self.overhead_ms}
+        if self.prefill_ms > parts[memory_side] and memory_side == "memory":
+            return "compute"  # interleaved prefill work outweighs the decode reads
         return max(parts, key=lambda k: parts[k])
 
 
@@ -204,7 +213,21 @@ def decode_step(scenario: Scenario, batch: int) -> StepTime:
         batch=batch, weights_ms=weights / bandwidth * 1000.0, kv_ms=kv / bandwidth * 1000.0,
         compute_ms=flops / peak * 1000.0, communication_ms=comm, overhead_ms=overhead_ms(scenario),
         weight_bytes=weights, kv_bytes=kv, experts_read=experts_read(model, batch) if model.moe else None,
+        prefill_ms=interleaved_prefill_ms(scenario, batch),
     )
+
+
+def interleaved_prefill_ms(scenario: Scenario, batch: int) -> float:
+    """Compute time per decode step spent on arriving requests' prompts: prefill
+    chunks are compute-bound, so their time adds to the memory-bound decode."""
+    if batch <= 1 or not scenario.output_len:
+        return 0.0
+    model, hw = scenario.model, scenario.hardware
+    prompt = scenario.prompt_len or scenario.context
+    tokens = batch * prompt / scenario.output_len
+    per_token = 2.0 * model.active_params + 2.0 * prompt * model.num_heads * model.head_dim * model.num_layers
+    peak = hw.peak_tflops(scenario.plan.weights.compute) * 1e12 * hw.calibration.compute_efficiency
+    return tokens * per_token / scenario.nodes / peak * 1000.0
 
 
 def prefill(scenario: Scenario) -> Prefill:

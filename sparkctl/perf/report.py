@@ -42,7 +42,9 @@ def compare(prediction: Prediction, bench: BenchResult) -> tuple[StepComparison,
         context = base.context
         if step.input_len is not None:
             context = int(step.input_len + (step.output_len or 0) / 2)
-        scenario = replace(base, concurrency=step.concurrency, context=max(context, 1))
+        scenario = replace(base, concurrency=step.concurrency, context=max(context, 1),
+                           prompt_len=int(step.input_len) if step.input_len else base.prompt_len,
+                           output_len=int(step.output_len) if step.output_len else base.output_len)
         guess = predict(scenario)
         measured = step.tok_s_per_user
         mbu = None
@@ -96,7 +98,8 @@ def to_dict(prediction: Prediction, findings: list[Finding], *, sources: dict[st
         "breakdown": {
             "step_ms": _r(step.total_ms, 3), "weights_ms": _r(step.weights_ms, 3), "kv_cache_ms": _r(step.kv_ms, 3),
             "compute_ms": _r(step.compute_ms, 3), "communication_ms": _r(step.communication_ms, 3),
-            "overhead_ms": _r(step.overhead_ms, 3), "weight_bytes_per_node": round(step.weight_bytes),
+            "overhead_ms": _r(step.overhead_ms, 3), "prefill_interleaved_ms": _r(step.prefill_ms, 3),
+            "weight_bytes_per_node": round(step.weight_bytes),
             "kv_bytes_per_node": round(step.kv_bytes), "experts_read_per_layer": _r(step.experts_read),
         },
         "prefill": {"ttft_ms": _r(prediction.prefill.ttft_ms, 1), "compute_ms": _r(prediction.prefill.compute_ms, 1),
@@ -143,7 +146,8 @@ def render_text(data: dict[str, Any]) -> str:
         f"{data['bytes_per_token'] / 1e9:.2f} GB read per node per token",
         f"time per step {b['step_ms']:.2f} ms = weights {b['weights_ms']:.2f} + KV cache {b['kv_cache_ms']:.2f} "
         f"(or compute {b['compute_ms']:.2f}, whichever is larger) + communication {b['communication_ms']:.2f} "
-        f"+ fixed overhead {b['overhead_ms']:.2f}",
+        f"+ fixed overhead {b['overhead_ms']:.2f}"
+        + (f" + other requests' prefill {b['prefill_interleaved_ms']:.2f}" if b["prefill_interleaved_ms"] else ""),
         f"prefill of {setup['context']} tokens: TTFT about {data['ttft_ms']:.0f} ms",
         f"memory per node: weights {data['memory']['weights_gb_per_node']:.1f} GB of {data['memory']['usable_gb_per_node']:.0f} "
         f"GB usable; KV cache room {data['memory']['kv_cache_tokens']:,} tokens" + ("" if data["memory"]["fits"] else " (DOES NOT FIT)"),
