@@ -61,16 +61,17 @@ def _causes(step: BenchStep, guess: Prediction, measured: float | None) -> tuple
         return ("no TPOT in the result: per-user speed unknown",)
     ratio = measured / guess.decode_tok_s_per_user
     s = guess.scenario
-    if ratio > 1.2:
-        return ("faster than modelled: speculative decoding or MTP, prefix caching, or shorter contexts than assumed",)
-    if ratio >= 0.8:
-        return ()
     causes = []
+    # what the server itself reported holds whatever the ratio
     server = step.server
     if server is not None and server.running_mean is not None and server.running_mean < 0.5 * step.concurrency:
         causes.append(f"the server ran {server.running_mean:.1f} requests at once for a target of {step.concurrency}")
     if server is not None and server.preemptions:
         causes.append(f"{server.preemptions:g} preemptions: the KV cache ran full and requests were recomputed")
+    if ratio > 1.2:
+        return (*causes, "faster than modelled: speculative decoding or MTP, prefix caching, or shorter contexts than assumed")
+    if ratio >= 0.8:
+        return tuple(causes)
     if step.concurrency > 1 and (step.input_len or 0) > 4 * (step.output_len or 1):
         causes.append(f"long prompts ({step.input_len:.0f} tokens) are prefilled between decode steps and stretch TPOT")
     if s.tp > 1:
