@@ -59,7 +59,7 @@ def main() -> int:
             return 1
         return 0
     DOC.write_text(text, encoding="utf-8")
-    print(text.rsplit("\n", 2)[-2])
+    print("\n".join(text.rstrip().splitlines()[-3:]))
     return 0
 
 
