@@ -152,3 +152,28 @@ def test_doctor_vllm_log_reports_performance_findings(tmp_path):
     assert result.returncode == 0
     codes = {f["code"] for f in json.loads(result.stdout)["performance_findings"]}
     assert codes == {"enforce-eager", "gpu-memory-utilization"}
+
+
+def test_running_cluster_log_and_metrics_are_used(monkeypatch):
+    from sparkctl.inventory import load_inventory
+    from sparkctl.ops import explain as op
+    from sparkctl.perf.metrics import MetricsSnapshot
+    from sparkctl.playbook import load_playbook
+
+    log = "INFO non-default args: {'model': '/m', 'enforce_eager': True, 'max_num_seqs': 2}\nKV cache size: 50,000 tokens\n"
+    monkeypatch.setattr(op, "_running_log", lambda inventory: (log, None))
+    monkeypatch.setattr(op, "_live_metrics", lambda inventory, playbook: MetricsSnapshot(2.0, 6.0, 0.05))
+    report = op.explain(op.ExplainOptions(model_config=str(CFG / "llama-3.1-8b.json"), concurrency=8),
+                        inventory=load_inventory(INV), playbook=load_playbook(PB))
+    codes = {f["code"] for f in report["findings"]}
+    assert {"enforce-eager", "batching-underused"} <= codes
+    assert report["setup"]["enforce_eager"] is True
+    assert report["sources"]["vllm_log"].startswith("head")
+
+
+def test_model_path_missing_everywhere_exits_2(tmp_path):
+    pb = tmp_path / "pb.yaml"
+    pb.write_text("model: /nonexistent/model\ntensor_parallel_size: 2\n")
+    result = sparkctl("explain", "-i", INV, "-p", str(pb))
+    assert result.returncode == 2
+    assert "not found" in result.stderr and "--model-config" in result.stderr

@@ -97,3 +97,25 @@ def test_apply_all_collects_playbook_rules():
     p = predict(replace(scenario(), eager=True))
     found = apply_all(p, ServingConfig("pb", enforce_eager=True, gpu_memory_utilization=0.97))
     assert {f.code for f in found} == {"enforce-eager", "gpu-memory-utilization"}
+
+
+METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+vllm:num_requests_running{engine="0",model_name="m"} 4.0
+vllm:num_requests_waiting{engine="0",model_name="m"} 12.0
+vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.08
+vllm:prompt_tokens_total{engine="0",model_name="m"} 1234.0
+"""
+
+
+def test_metrics_snapshot_and_queue_rule():
+    from sparkctl.perf.metrics import parse_metrics
+    from sparkctl.perf.rules import queue_with_free_kv
+
+    snap = parse_metrics(METRICS)
+    assert (snap.running, snap.waiting, snap.kv_cache_usage) == (4.0, 12.0, 0.08)
+    f = queue_with_free_kv(snap, ServingConfig("pb", max_num_seqs=4))
+    assert f is not None and "12 waiting" in f.evidence and "--max-num-seqs 4" in f.fix
+    assert queue_with_free_kv(parse_metrics(METRICS.replace(" 0.08", " 0.9")), None) is None
+    assert parse_metrics("no metrics") is None
+    old_name = parse_metrics(METRICS.replace("kv_cache_usage_perc", "gpu_cache_usage_perc"))
+    assert old_name.kv_cache_usage == 0.08

@@ -16,6 +16,7 @@ from sparkctl.perf import store
 from sparkctl.perf.bench import read_bench
 from sparkctl.perf.calibration import fit_overhead
 from sparkctl.perf.hardware import hardware
+from sparkctl.perf.metrics import MetricsSnapshot, parse_metrics
 from sparkctl.perf.model_config import ConfigError, load_config, parse_model
 from sparkctl.perf.predict import ACTIVATION_BYTES, Scenario, predict
 from sparkctl.perf.quant import kv_bytes, plan_for
@@ -93,6 +94,17 @@ def _running_log(inventory: Inventory) -> tuple[str | None, str | None]:
     return "\n".join(entry.get("lines", [])), None
 
 
+def _live_metrics(inventory: Inventory, playbook: Playbook) -> MetricsSnapshot | None:
+    """The endpoint's /metrics right now (None when it does not answer)."""
+    from sparkctl.ops.up import endpoint_url
+    from sparkctl.serve.endpoint import Endpoint
+
+    reply = Endpoint(endpoint_url(inventory, playbook), timeout_s=3.0).request("GET", "/metrics")
+    if reply.status != 200:
+        return None
+    return parse_metrics(reply.body.decode("utf-8", "replace"))
+
+
 def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
             playbook: Playbook | None = None) -> dict[str, Any]:
     sources: dict[str, str] = {}
@@ -110,11 +122,15 @@ def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
     if playbook is not None:
         serving = config_from_args(playbook.vllm_args, f"playbook {playbook.path} vllm_args")
     kv_cache_tokens = None
+    metrics = None
     if inventory is not None and playbook is not None:
         text, why = _running_log(inventory)
         if why:
             notes.append(why)
         if text:
+            metrics = _live_metrics(inventory, playbook)
+            if metrics is not None:
+                sources["metrics"] = "the endpoint's /metrics"
             from sparkctl.serve.vllm_log import read_log
 
             logged = config_from_log(text)
@@ -180,7 +196,8 @@ def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
         comparisons = compare(prediction, result)
         bench_steps = result.steps
         sources["bench"] = options.bench
-    findings = apply_all(prediction, serving, probe=probe, kv_cache_tokens=kv_cache_tokens, bench_steps=bench_steps)
+    findings = apply_all(prediction, serving, probe=probe, kv_cache_tokens=kv_cache_tokens, bench_steps=bench_steps,
+                         metrics=metrics)
     data = to_dict(prediction, findings, sources=sources, comparisons=comparisons)
     if calibration:
         data["calibrated"] = calibration
