@@ -192,7 +192,9 @@ def test_overrides_change_the_prediction():
     base = predict(scenario())
     faster = predict(replace(scenario(), hardware=fast))
     assert faster.step.weights_ms == pytest.approx(base.step.weights_ms / 2)
-    assert hardware("gb10", tflops=50).tflops == {"bf16": 50, "fp8": 50, "fp4": 50}
+    peaks = hardware("gb10", tflops=50).tflops
+    assert (peaks.bf16, peaks.fp8, peaks.fp4) == (50, 50, 50)
+    assert hardware("a100-40gb").peak_tflops("fp4") == 312  # no FP4 or FP8 units: BF16 GEMMs
 
 
 def test_every_preset_names_its_source():
@@ -210,3 +212,21 @@ def test_replicas_beat_tp_when_the_link_is_slow_for_the_bytes_saved():
     assert healthy.layouts[0].per_user > healthy.layouts[1].per_user
     big = predict(scenario("llama-3.3-70b", tp=2))
     assert not big.layouts[1].fits
+
+
+# Gemma 2 and 3 files often carry only `sliding_window`; the layer layout follows
+# from the family (these are shape tests on minimal configs, not copies of real files).
+GEMMA_BASE = {"num_hidden_layers": 12, "hidden_size": 1024, "vocab_size": 1000, "num_attention_heads": 8,
+              "num_key_value_heads": 4, "head_dim": 256, "intermediate_size": 4096, "sliding_window": 512}
+
+
+def test_gemma2_alternates_sliding_and_global_layers():
+    m = parse_model(dict(GEMMA_BASE, model_type="gemma2"))
+    assert [layer.window for layer in m.kv_layers[:4]] == [512, None, 512, None]
+
+
+def test_gemma3_defaults_to_five_local_layers_then_a_global_one():
+    m = parse_model({"model_type": "gemma3", "text_config": dict(GEMMA_BASE, model_type="gemma3_text")})
+    assert [layer.window for layer in m.kv_layers[:6]] == [512] * 5 + [None]
+    explicit = parse_model(dict(GEMMA_BASE, model_type="gemma3_text", sliding_window_pattern=2))
+    assert [layer.window for layer in explicit.kv_layers[:2]] == [512, None]

@@ -173,11 +173,16 @@ def _layer_types(text: Mapping[str, Any], layers: int) -> list[str]:
         return [str(t) for t in declared]
     window = text.get("sliding_window")
     pattern = text.get("sliding_window_pattern")
+    model_type = str(text.get("model_type", ""))
+    if pattern is None and model_type.startswith("gemma3"):
+        pattern = 6  # Gemma 3's default (five local layers, then a global one) when the file omits it
+    if isinstance(window, int) and model_type.startswith("gemma2") and not isinstance(pattern, int):
+        return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]  # Gemma 2 alternates
     if isinstance(window, int) and isinstance(pattern, int) and pattern > 1:
         return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(layers)]
     if isinstance(window, int) and text.get("use_sliding_window") is True:
         return ["sliding_attention"] * layers
-    if isinstance(window, int) and str(text.get("model_type", "")).startswith("mistral"):
+    if isinstance(window, int) and model_type.startswith("mistral"):
         return ["sliding_attention"] * layers
     return ["full_attention"] * layers
 

@@ -11,7 +11,7 @@ experts independently, E x (1 - (1 - k/E)^B) experts per layer are read.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sparkctl.perf.hardware import Hardware
 from sparkctl.perf.model_config import ModelShape
@@ -256,12 +256,6 @@ def memory_fit(scenario: Scenario, tp: int, pp: int) -> MemoryFit:
     return MemoryFit(round(weights, 2), round(usable, 1), tokens, weights < usable * 0.95)
 
 
-def _with(scenario: Scenario, **changes: object) -> Scenario:
-    from dataclasses import replace
-
-    return replace(scenario, **changes)  # type: ignore[arg-type]
-
-
 def layouts(scenario: Scenario) -> tuple[Layout, ...]:
     """The configured TP layout against one single-node replica per node for the
     same concurrency (data parallel behind a router)."""
@@ -272,7 +266,7 @@ def layouts(scenario: Scenario) -> tuple[Layout, ...]:
     per_user = 1000.0 / configured.total_ms
     out = [Layout(f"TP={scenario.tp}" + (f" PP={scenario.pp}" if scenario.pp > 1 else ""), nodes, scenario.tp,
                   per_user, per_user * scenario.concurrency, memory_fit(scenario, scenario.tp, scenario.pp).fits)]
-    single = _with(scenario, tp=1, pp=1)
+    single = replace(scenario, tp=1, pp=1)
     batch = max(1, math.ceil(scenario.concurrency / nodes))
     step = decode_step(single, batch)
     rep_user = 1000.0 / step.total_ms

@@ -10,7 +10,7 @@ from typing import Any
 
 from sparkctl.perf.bench import BenchStep
 from sparkctl.perf.metrics import MetricsSnapshot
-from sparkctl.perf.predict import Prediction, Scenario, decode_step, predict
+from sparkctl.perf.predict import Prediction, Scenario, decode_step, memory_fit, predict
 from sparkctl.perf.store import ProbeRecord
 
 GB10_MAX_GPU_MEMORY_UTILIZATION = 0.9  # page cache and the OS share GB10's 128 GB; 0.85-0.87 is the usual advice
@@ -152,8 +152,6 @@ def tp_latency_bound(prediction: Prediction) -> Finding | None:
     if s.tp <= 1 or not s.hardware.tp_across_nodes:
         return None
     single = replace(s, tp=1, pp=1)
-    from sparkctl.perf.predict import memory_fit
-
     if not memory_fit(single, 1, 1).fits:
         return None
     one = decode_step(single, 1)
