@@ -29,7 +29,14 @@ fails when this file and the code disagree. Do not edit by hand.
 Every row uses the same parameters for its hardware preset (no per-model or per-case
 factor). Error is (predicted - measured) / measured. What a row says about the setup
 (quantized attention, fp8 KV cache, --enforce-eager) is a fact about how the source
-served the model, taken from the source.
+served the model, taken from the source. `role` says whether the row helped fit its platform's
+bandwidth efficiency and fixed overhead (single-request rows, least squares on log error) or
+only checks the model (batched rows).
+
+Known limits, visible in the check rows: an MoE batch is modelled with independent, uniform
+routing (an upper bound on the experts read), so batches of similar text are under-predicted;
+per-request CPU work that grows with the batch is not modelled, so big dense batches can be
+over-predicted; TP with expert parallelism (the Qwen3-235B row) is modelled as plain TP.
 
 ## Parameters per preset
 
