@@ -230,3 +230,24 @@ def test_gemma3_defaults_to_five_local_layers_then_a_global_one():
     assert [layer.window for layer in m.kv_layers[:6]] == [512] * 5 + [None]
     explicit = parse_model(dict(GEMMA_BASE, model_type="gemma3_text", sliding_window_pattern=2))
     assert [layer.window for layer in explicit.kv_layers[:2]] == [512, None]
+
+
+def test_qwen36_hybrid_linear_attention_and_mixed_precision():
+    m = model("qwen3.6-35b-a3b-nvfp4")
+    assert m.family == "qwen3-hybrid"
+    assert m.total_params / 1e9 == pytest.approx(34.6, rel=0.02) and m.active_params / 1e9 == pytest.approx(2.9, rel=0.03)
+    # only the 10 full-attention layers grow a KV cache (2 KV heads x 256 x K and V)
+    assert m.kv_elements(1) == 10 * 2 * 256 * 2
+    linear = [layer for layer in m.kv_layers if layer.state_bytes]
+    assert len(linear) == 30 and linear[0].state_bytes == 2 * 32 * 128 * 128 * 4
+    plan = plan_for(m, None)
+    assert (plan.weights.name, plan.attention.name, plan.lm_head.name) == ("nvfp4", "fp8", "nvfp4")
+    assert "mixed precision" in plan.source
+    assert plan_for(m, "bf16").attention.name == "bf16"  # --quant wins
+
+
+def test_linear_attention_state_does_not_grow_with_context():
+    s = scenario("qwen3.5-35b-a3b")
+    short, long = decode_step(replace(s, context=1000), 1), decode_step(replace(s, context=2000), 1)
+    full_layer_growth = 1000 * 10 * 2 * 256 * 2 * 2.0
+    assert long.kv_bytes - short.kv_bytes == pytest.approx(full_layer_growth)

@@ -87,7 +87,8 @@ def scenario_for(case: Measurement, configs_dir: str) -> Scenario:
     config, source = load_config(os.path.join(configs_dir, f"{case.model}.json"))
     model = parse_model(config, source)
     return Scenario(
-        model=model, plan=plan_for(model, case.quant, all_linear=case.all_linear), hardware=hardware(case.hardware),
+        model=model, plan=plan_for(model, None if case.quant == "checkpoint" else case.quant, all_linear=case.all_linear),
+        hardware=hardware(case.hardware),
         tp=case.tp, concurrency=case.concurrency, context=case.context, kv_bytes=kv_bytes(case.kv_dtype),
         eager=case.eager, prompt_len=case.prompt_len, output_len=case.output_len,
     )

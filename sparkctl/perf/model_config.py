@@ -32,6 +32,7 @@ class KvLayer:
     elements_per_token: int
     window: int | None = None
     shared_across_tp: bool = False  # MLA's latent cache is replicated, not split, under TP
+    state_bytes: int = 0  # linear attention: a fixed recurrent state, read and written every step
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ def parse_model(config: Mapping[str, Any], source: str = "config.json") -> Model
 
 def _family(model_type: str) -> str:
     for prefix, family in (("gpt_oss", "gpt-oss"), ("qwen3_vl_moe", "qwen3-moe"), ("qwen3_moe", "qwen3-moe"),
+                           ("qwen3_5", "qwen3-hybrid"), ("qwen3_next", "qwen3-hybrid"),
                            ("qwen2_moe", "qwen3-moe"), ("qwen", "qwen"), ("mixtral", "mixtral"),
                            ("gemma", "gemma"), ("minimax", "minimax"), ("llama4", "llama4"),
                            ("llama", "llama"), ("mistral", "llama"), ("deepseek", "deepseek")):
@@ -203,15 +205,24 @@ def _gqa(keys: _Keys, text: Mapping[str, Any], model_type: str, tied: bool, dtyp
 
     attention = 0
     kv_layers: list[KvLayer] = []
+    gated_q = 2 if text.get("attn_output_gate") else 1  # Qwen3.5/3.6 gate the attention output through q_proj
     for kind in types:
+        if kind == "linear_attention":
+            params, layer = _linear_attention(keys, text, hidden)
+            attention += params
+            kv_layers.append(layer)
+            continue
         full = kind != "sliding_attention"
         hd, kvh = (global_head_dim, global_kv_heads) if full else (head_dim, kv_heads)
         # q and o projections, k and v projections (one of them when K equals V)
         kv_mats = 1 if (full and k_eq_v) else 2
-        attention += 2 * hidden * heads * hd + kv_mats * hidden * kvh * hd
+        attention += (1 + gated_q) * hidden * heads * hd + kv_mats * hidden * kvh * hd
         kv_layers.append(KvLayer(kv_mats * kvh * hd, None if full else window))
     if global_head_dim != head_dim:
         notes.append(f"mixed head sizes: {head_dim} on sliding layers, {global_head_dim} on global layers")
+    if "linear_attention" in types:
+        notes.append(f"{types.count('linear_attention')} of {layers} layers use linear attention: a fixed state "
+                     "per sequence instead of a growing KV cache")
     if window and any(t == "sliding_attention" for t in types):
         notes.append(f"{sum(t == 'sliding_attention' for t in types)} of {layers} layers use a "
                      f"{window}-token sliding window (their KV reads stop growing past it)")
@@ -224,6 +235,17 @@ def _gqa(keys: _Keys, text: Mapping[str, Any], model_type: str, tied: bool, dtyp
         declared_dtype=str(dtype) if dtype else None,
         quantization_config=dict(quant) if isinstance(quant, dict) else None, notes=tuple(notes),
     )
+
+
+def _linear_attention(keys: _Keys, text: Mapping[str, Any], hidden: int) -> tuple[int, KvLayer]:
+    """A gated delta-net layer (Qwen3-Next, Qwen3.5/3.6): q, k, v, gate and output
+    projections, and a recurrent state of value heads x key dim x value dim."""
+    k_heads, k_dim = keys.int("linear_num_key_heads"), keys.int("linear_key_head_dim")
+    v_heads, v_dim = keys.int("linear_num_value_heads"), keys.int("linear_value_head_dim")
+    params = hidden * (2 * k_heads * k_dim + v_heads * v_dim) + hidden * v_heads * v_dim + v_heads * v_dim * hidden
+    params += hidden * 2 * v_heads  # the per-head decay and beta projections
+    state_elem = 4 if "32" in str(text.get("mamba_ssm_dtype", "float32")) else 2
+    return params, KvLayer(0, None, state_bytes=2 * v_heads * k_dim * v_dim * state_elem)
 
 
 def _moe_and_dense(keys: _Keys, text: Mapping[str, Any], model_type: str, layers: int,

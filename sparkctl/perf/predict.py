@@ -150,8 +150,8 @@ def weight_bytes_per_node(model: ModelShape, plan: QuantPlan, tp: int, pp: int, 
     """Weight bytes one node reads for one step over `tokens` tokens (its 1/TP
     share of every matrix, of its 1/PP share of the layers)."""
     q = plan.weights.bytes_per_param
-    attention = model.attention_params * (2.0 if plan.attention_16bit else q)
-    lm_head = model.lm_head_params * (2.0 if plan.lm_head_16bit else q)
+    attention = model.attention_params * plan.attention.bytes_per_param
+    lm_head = model.lm_head_params * plan.lm_head.bytes_per_param
     mlp = model.dense_mlp_params * q
     if model.moe is not None:
         mlp += experts_read(model, tokens) * model.moe.params_per_expert * model.moe.moe_layers * q
@@ -160,9 +160,9 @@ def weight_bytes_per_node(model: ModelShape, plan: QuantPlan, tp: int, pp: int, 
 
 def total_weight_bytes_per_node(model: ModelShape, plan: QuantPlan, tp: int, pp: int) -> float:
     q = plan.weights.bytes_per_param
-    stored = (model.attention_params * (2.0 if plan.attention_16bit else q)
+    stored = (model.attention_params * plan.attention.bytes_per_param
               + (model.dense_mlp_params + model.expert_params_total) * q) / pp
-    stored += model.lm_head_params * (2.0 if plan.lm_head_16bit else q) + model.embedding_params * 2.0
+    stored += model.lm_head_params * plan.lm_head.bytes_per_param + model.embedding_params * 2.0
     return stored / tp
 
 
@@ -173,7 +173,7 @@ def kv_bytes_per_node(model: ModelShape, context: int, kv_bytes: float, tp: int,
     for layer in model.kv_layers:
         tokens = context if layer.window is None else min(context, layer.window)
         share = 1 if layer.shared_across_tp else tp
-        total += layer.elements_per_token * tokens * kv_bytes / share
+        total += (layer.elements_per_token * tokens * kv_bytes + layer.state_bytes) / share
     return total / pp
 
 

@@ -37,16 +37,26 @@ KV_BYTES = {"bf16": 2.0, "fp16": 2.0, "auto": 2.0, "fp8": 1.0, "fp8_e4m3": 1.0, 
 @dataclass(frozen=True)
 class QuantPlan:
     """How each parameter group is stored. Embeddings are never counted per token
-    (decode reads one row); the LM head and attention may stay in 16 bits."""
+    (decode reads one row); attention and the LM head often keep another format
+    than the MLP/expert weights."""
 
-    weights: WeightFormat
-    attention_16bit: bool
-    lm_head_16bit: bool
+    weights: WeightFormat  # MLP and expert weights
+    attention: WeightFormat
+    lm_head: WeightFormat
     source: str  # "--quant", "config.json quantization_config", "config.json dtype"
 
+    @property
+    def attention_16bit(self) -> bool:
+        return self.attention.bytes_per_param >= 2
+
+    @property
+    def lm_head_16bit(self) -> bool:
+        return self.lm_head.bytes_per_param >= 2
+
     def describe(self) -> str:
-        kept = [n for n, keep in (("attention", self.attention_16bit), ("LM head", self.lm_head_16bit)) if keep]
-        tail = f"; {' and '.join(kept)} in 16 bits" if kept and self.weights.bytes_per_param < 2 else ""
+        others = [f"{name} {fmt.name}" for name, fmt in (("attention", self.attention), ("LM head", self.lm_head))
+                  if fmt.name != self.weights.name]
+        tail = f"; {', '.join(others)}" if others else ""
         return f"{self.weights.name} ({self.weights.bytes_per_param:.4g} B/param){tail} [{self.source}]"
 
 
@@ -91,6 +101,25 @@ def declared_format(quant: Mapping[str, Any] | None) -> str | None:
     return None
 
 
+_ALGOS = {"fp8": "fp8", "nvfp4": "nvfp4", "w4a16_nvfp4": "nvfp4", "w4a8_nvfp4_fp8": "nvfp4", "mxfp4": "mxfp4",
+          "w4a16_awq": "int4", "int4_awq": "int4", "w4a16": "int4"}
+
+
+def mixed_formats(quant: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """Per-group formats of a ModelOpt MIXED_PRECISION checkpoint: which algorithm its
+    `quantized_layers` give the MLP/experts, the attention and the LM head."""
+    layers = (quant or {}).get("quantized_layers")
+    if str((quant or {}).get("quant_algo", "")).upper() != "MIXED_PRECISION" or not isinstance(layers, dict):
+        return None
+    found: dict[str, str] = {}
+    for name, spec in layers.items():
+        algo = _ALGOS.get(str((spec or {}).get("quant_algo", "")).lower())
+        group = "lm_head" if name.endswith("lm_head") else "attention" if "attn" in name else "mlp" if "mlp" in name else None
+        if algo and group and group not in found:
+            found[group] = algo
+    return found or None
+
+
 def _not_converted(quant: Mapping[str, Any] | None) -> list[str]:
     names = (quant or {}).get("modules_to_not_convert") or (quant or {}).get("ignore") or []
     return [str(n) for n in names] if isinstance(names, list) else []
@@ -101,7 +130,13 @@ def plan_for(model: ModelShape, quant_flag: str | None, *, all_linear: bool = Fa
 
     The LM head stays 16-bit in every quantized format unless all_linear (e.g. a
     vLLM build run with MXFP4 for qkv, o and lm_head too); gpt-oss keeps attention
-    in bf16 the same way."""
+    in bf16 the same way. A ModelOpt mixed-precision checkpoint says per group."""
+    bf16 = FORMATS["bf16"]
+    mixed = None if quant_flag else mixed_formats(model.quantization_config)
+    if mixed:
+        mlp = weight_format(mixed.get("mlp", "bf16"))
+        return QuantPlan(mlp, weight_format(mixed.get("attention", "bf16")), weight_format(mixed.get("lm_head", "bf16")),
+                         "config.json quantization_config (mixed precision)")
     declared = declared_format(model.quantization_config)
     if quant_flag:
         fmt, source = weight_format(quant_flag), "--quant"
@@ -112,9 +147,9 @@ def plan_for(model: ModelShape, quant_flag: str | None, *, all_linear: bool = Fa
         fmt = FORMATS[{"float16": "fp16", "float32": "fp32"}.get(dtype, "bf16")]
         source = "config.json dtype" if model.declared_dtype else "assumed bf16"
     if fmt.bytes_per_param >= 2:
-        return QuantPlan(fmt, False, False, source)
+        return QuantPlan(fmt, fmt, fmt, source)
+    if all_linear:
+        return QuantPlan(fmt, fmt, fmt, source + " (all linear layers quantized)")
     skipped = _not_converted(model.quantization_config) if source != "--quant" or declared == fmt.name else []
     attention_16 = model.family == "gpt-oss" or any("self_attn" in n or "attn" == n for n in skipped)
-    if all_linear:
-        return QuantPlan(fmt, False, False, source + " (all linear layers quantized)")
-    return QuantPlan(fmt, attention_16, True, source)
+    return QuantPlan(fmt, bf16 if attention_16 else fmt, bf16, source)
