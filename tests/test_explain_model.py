@@ -251,3 +251,19 @@ def test_linear_attention_state_does_not_grow_with_context():
     short, long = decode_step(replace(s, context=1000), 1), decode_step(replace(s, context=2000), 1)
     full_layer_growth = 1000 * 10 * 2 * 256 * 2 * 2.0
     assert long.kv_bytes - short.kv_bytes == pytest.approx(full_layer_growth)
+
+
+def test_layouts_the_model_does_not_cover_are_refused():
+    with pytest.raises(ConfigError, match="Mamba"):
+        parse_model(dict(GEMMA_BASE, model_type="nemotron_h", hybrid_override_pattern="M*M-"))
+    with pytest.raises(ConfigError, match="mamba"):
+        parse_model(dict(GEMMA_BASE, model_type="x", num_hidden_layers=2, layer_types=["mamba", "full_attention"]))
+
+
+def test_kv_capacity_counts_tokens_not_the_linear_state():
+    from sparkctl.perf.predict import memory_fit
+
+    s = scenario("qwen3.5-35b-a3b")
+    fit = memory_fit(s, 1, 1)
+    per_token = 10 * 2 * 256 * 2 * 2.0
+    assert fit.kv_cache_tokens == pytest.approx((fit.usable_gb_per_node - fit.weights_gb_per_node) * 1e9 / per_token, rel=0.01)

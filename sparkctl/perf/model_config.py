@@ -151,6 +151,9 @@ def parse_model(config: Mapping[str, Any], source: str = "config.json") -> Model
     dtype = text.get("torch_dtype") or text.get("dtype") or config.get("torch_dtype") or config.get("dtype")
     tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
 
+    if "hybrid_override_pattern" in text:
+        raise ConfigError(f"{source}: {model_type} interleaves Mamba layers (hybrid_override_pattern), which the model "
+                          "does not cover", hint="compare it with a measured sparkctl bench result instead")
     if "kv_lora_rank" in text:
         return _mla(keys, text, model_type, tied, dtype, quant, notes)
     return _gqa(keys, text, model_type, tied, dtype, quant, notes)
@@ -172,6 +175,10 @@ def _layer_types(text: Mapping[str, Any], layers: int) -> list[str]:
     else Gemma's `sliding_window_pattern` (every Nth layer global), else all full."""
     declared = text.get("layer_types")
     if isinstance(declared, list) and len(declared) == layers:
+        unknown = sorted({str(t) for t in declared} - {"full_attention", "sliding_attention", "linear_attention"})
+        if unknown:
+            raise ConfigError(f"layer_types names {', '.join(unknown)}, which the model does not cover",
+                              hint="compare it with a measured sparkctl bench result instead")
         return [str(t) for t in declared]
     window = text.get("sliding_window")
     pattern = text.get("sliding_window_pattern")

@@ -249,8 +249,9 @@ def memory_fit(scenario: Scenario, tp: int, pp: int) -> MemoryFit:
     hw = scenario.hardware
     weights = total_weight_bytes_per_node(scenario.model, scenario.plan, tp, pp) / 1e9
     usable = hw.memory_gb * hw.usable_memory_fraction
-    per_token = kv_bytes_per_node(scenario.model, 1, scenario.kv_bytes, tp, pp)
-    # sliding layers hold at most their window; count the full-context layers' growth
+    # what one more token of context costs (linear-attention state is per sequence, not per token)
+    per_token = (kv_bytes_per_node(scenario.model, 2, scenario.kv_bytes, tp, pp)
+                 - kv_bytes_per_node(scenario.model, 1, scenario.kv_bytes, tp, pp))
     free = max(0.0, usable - weights) * 1e9
     tokens = int(free / per_token) if per_token > 0 else 0
     return MemoryFit(round(weights, 2), round(usable, 1), tokens, weights < usable * 0.95)
