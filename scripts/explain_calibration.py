@@ -36,7 +36,9 @@ only checks the model (batched rows).
 Known limits, visible in the check rows: an MoE batch is modelled with independent, uniform
 routing (an upper bound on the experts read), so batches of similar text are under-predicted;
 per-request CPU work that grows with the batch is not modelled, so big dense batches can be
-over-predicted; TP with expert parallelism (the Qwen3-235B row) is modelled as plain TP.
+over-predicted; TP with expert parallelism (the Qwen3-235B row) is modelled as plain TP;
+prefill of a hybrid linear-attention MoE (the Qwen3.6 row) runs far below the GEMM roofline
+the model assumes.
 
 ## Parameters per preset
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sparkctl.perf.calibration import evaluate, load_measurements, summarize
+from sparkctl.perf.calibration import decode_rows, evaluate, load_measurements, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 MEASUREMENTS = ROOT / "docs" / "explain" / "measurements.yaml"
@@ -21,7 +21,7 @@ def test_docs_table_matches_the_code():
 
 def test_calibration_meets_the_requirement():
     rows = evaluate(load_measurements(str(MEASUREMENTS)), str(CONFIGS))
-    summary = summarize(rows)
+    summary = summarize(decode_rows(rows))
     assert summary.cases >= 15
     assert summary.median_abs_error <= 0.20
     assert summary.within_25 >= 0.70

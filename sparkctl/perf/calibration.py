@@ -28,11 +28,12 @@ class Measurement:
     tp: int
     concurrency: int
     context: int
-    metric: str  # per_user | total
+    metric: str  # per_user | total (decode tok/s) | prefill (prompt tok/s of one request)
     measured: float
     kv_dtype: str = "bf16"
     all_linear: bool = False
     eager: bool = False
+    fit: bool = False  # used to set its platform's parameters (the rest only check the model)
     prompt_len: int | None = None
     output_len: int | None = None
     note: str = ""
@@ -68,14 +69,15 @@ def load_measurements(path: str) -> tuple[Measurement, ...]:
         missing = [k for k in _REQUIRED if k not in entry]
         if missing:
             raise InputError(f"{path}: case {i} lacks {', '.join(missing)}")
-        if entry["metric"] not in ("per_user", "total"):
-            raise InputError(f"{path}: case {entry['id']}: metric must be per_user or total")
+        if entry["metric"] not in ("per_user", "total", "prefill"):
+            raise InputError(f"{path}: case {entry['id']}: metric must be per_user, total or prefill")
         out.append(Measurement(
             id=str(entry["id"]), source=str(entry["source"]), engine=str(entry["engine"]),
             hardware=str(entry["hardware"]), model=str(entry["model"]), quant=str(entry["quant"]),
             tp=int(entry.get("tp", 1)), concurrency=int(entry["concurrency"]), context=int(entry["context"]),
             metric=str(entry["metric"]), measured=float(entry["measured"]), kv_dtype=str(entry.get("kv_dtype", "bf16")),
             all_linear=bool(entry.get("all_linear", False)), eager=bool(entry.get("eager", False)),
+            fit=bool(entry.get("fit", False)),
             prompt_len=int(entry["prompt_len"]) if entry.get("prompt_len") else None,
             output_len=int(entry["output_len"]) if entry.get("output_len") else None,
             note=str(entry.get("note", "")),
@@ -98,8 +100,12 @@ def evaluate(cases: tuple[Measurement, ...], configs_dir: str) -> tuple[Row, ...
     rows = []
     for case in cases:
         prediction = predict(scenario_for(case, configs_dir))
-        value = prediction.decode_tok_s_per_user if case.metric == "per_user" else prediction.decode_tok_s_total
-        rows.append(Row(case, value, prediction.step.bound))
+        value = {"per_user": prediction.decode_tok_s_per_user, "total": prediction.decode_tok_s_total,
+                 "prefill": case.context / prediction.prefill.ttft_ms * 1000.0}[case.metric]
+        bound = prediction.step.bound
+        if case.metric == "prefill":
+            bound = "compute" if prediction.prefill.compute_ms >= prediction.prefill.memory_ms else "memory"
+        rows.append(Row(case, value, bound))
     return tuple(rows)
 
 
@@ -109,37 +115,41 @@ def summarize(rows: tuple[Row, ...]) -> Summary:
                    sum(e <= 0.25 for e in errors) / len(errors) if errors else 0.0)
 
 
-def fitted(case: Measurement) -> bool:
-    """Single-request rows set each platform's bandwidth efficiency and overhead;
-    the batched rows only check the model."""
-    return case.concurrency == 1
+def decode_rows(rows: tuple[Row, ...]) -> tuple[Row, ...]:
+    return tuple(r for r in rows if r.case.metric != "prefill")
 
 
 def render_table(rows: tuple[Row, ...]) -> str:
-    """The docs table: one line per measurement, then the summary."""
-    summary = summarize(rows)
-    checks = summarize(tuple(r for r in rows if not fitted(r.case)))
+    """The docs table: one line per measurement, then the summaries."""
+    decode = decode_rows(rows)
+    summary = summarize(decode)
+    checks = summarize(tuple(r for r in decode if not r.case.fit))
+    prefill = tuple(r for r in rows if r.case.metric == "prefill")
     lines = [
         "| case | hardware | model | quant | TP | conc. | context | engine | measured | predicted | error | bound | role | source |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         c = r.case
-        unit = "tok/s/user" if c.metric == "per_user" else "tok/s total"
+        unit = {"per_user": "tok/s/user", "total": "tok/s total", "prefill": "prefill tok/s"}[c.metric]
         quant = c.quant + (" (all linear)" if c.all_linear else "") + (", kv fp8" if c.kv_dtype == "fp8" else "")
         quant += ", eager" if c.eager else ""
         lines.append(
             f"| {c.id} | {c.hardware} | {c.model} | {quant} | {c.tp} | {c.concurrency} | {c.context} | {c.engine} | "
             f"{c.measured:g} {unit} | {r.predicted:.1f} | {r.error:+.0%} | {r.bound} | "
-            f"{'fit' if fitted(c) else 'check'} | {c.source} |")
+            f"{'fit' if c.fit else 'check'} | {c.source} |")
     lines += [
         "",
         f"Cases: {summary.cases}. Median absolute error: {summary.median_abs_error:.1%}. "
         f"Within 25%: {summary.within_25:.0%} ({round(summary.within_25 * summary.cases)} of {summary.cases}).",
         "",
-        f"Batched rows only (not used to fit anything): {checks.cases} cases, median absolute error "
+        f"Decode rows not used to fit anything: {checks.cases} cases, median absolute error "
         f"{checks.median_abs_error:.1%}, within 25%: {checks.within_25:.0%}.",
     ]
+    if prefill:
+        p = summarize(prefill)
+        lines += ["", f"Prefill rows (TTFT of one prompt, not in the decode figures): {p.cases} cases, median absolute "
+                      f"error {p.median_abs_error:.1%}."]
     return "\n".join(lines)
 
 
