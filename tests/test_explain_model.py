@@ -267,3 +267,16 @@ def test_kv_capacity_counts_tokens_not_the_linear_state():
     fit = memory_fit(s, 1, 1)
     per_token = 10 * 2 * 256 * 2 * 2.0
     assert fit.kv_cache_tokens == pytest.approx((fit.usable_gb_per_node - fit.weights_gb_per_node) * 1e9 / per_token, rel=0.01)
+
+
+def test_pipeline_stages_do_not_speed_up_decode_when_memory_bound():
+    tp1 = predict(scenario("llama-3.3-70b", quant="fp8"))
+    pp2 = predict(scenario("llama-3.3-70b", quant="fp8", pp=2))
+    # one token still passes every layer's weights, one stage after the other
+    assert pp2.decode_tok_s_per_user == pytest.approx(tp1.decode_tok_s_per_user, rel=0.05)
+    # with a microbatch per stage both nodes are busy, each reading its half twice:
+    # the same tokens per second as one node, and replicas (when they fit) do better
+    busy = predict(scenario("llama-3.3-70b", quant="fp8", pp=2, concurrency=8))
+    one = predict(scenario("llama-3.3-70b", quant="fp8", concurrency=8))
+    assert busy.decode_tok_s_total == pytest.approx(one.decode_tok_s_total, rel=0.05)
+    assert busy.layouts[1].total > busy.layouts[0].total

@@ -198,21 +198,26 @@ def overhead_ms(scenario: Scenario) -> float:
 
 
 def decode_step(scenario: Scenario, batch: int) -> StepTime:
+    """One token for each of `batch` sequences, as each sequence sees it. Under PP
+    the batch is split into one microbatch per stage and a token passes the stages
+    one after the other, so every stage's time counts once per token."""
     model, hw, cal = scenario.model, scenario.hardware, scenario.hardware.calibration
+    pp = scenario.pp
+    micro = math.ceil(batch / pp)
     bandwidth = hw.mem_bw_gbs * 1e9 * cal.bw_efficiency
-    weights = weight_bytes_per_node(model, scenario.plan, scenario.tp, scenario.pp, batch)
-    kv = batch * kv_bytes_per_node(model, scenario.context, scenario.kv_bytes, scenario.tp, scenario.pp)
+    weights = weight_bytes_per_node(model, scenario.plan, scenario.tp, pp, micro)
+    kv = micro * kv_bytes_per_node(model, scenario.context, scenario.kv_bytes, scenario.tp, pp)
     # QK and PV over the context, per head (sliding windows ignored: small next to the GEMMs)
-    attention_flops = 4.0 * batch * scenario.context * model.num_heads * model.head_dim * model.num_layers
-    flops = (2.0 * model.active_params * batch + attention_flops) / scenario.nodes
+    attention_flops = 4.0 * micro * scenario.context * model.num_heads * model.head_dim * model.num_layers
+    flops = (2.0 * model.active_params * micro + attention_flops) / scenario.tp
     peak = hw.peak_tflops(scenario.plan.weights.compute) * 1e12 * cal.compute_efficiency
-    comm = 2 * model.num_layers / scenario.pp * allreduce_ms(scenario, batch * model.hidden_size * ACTIVATION_BYTES)
-    if scenario.pp > 1:  # activations hop between stages once per stage boundary
-        comm += (scenario.pp - 1) * (scenario.allreduce_us or hw.allreduce_us) / 1000.0
+    comm = 2 * model.num_layers * allreduce_ms(scenario, micro * model.hidden_size * ACTIVATION_BYTES)
+    if pp > 1:  # activations hop between stages once per stage boundary
+        comm += (pp - 1) * (scenario.allreduce_us or hw.allreduce_us) / 1000.0
     return StepTime(
-        batch=batch, weights_ms=weights / bandwidth * 1000.0, kv_ms=kv / bandwidth * 1000.0,
+        batch=batch, weights_ms=pp * weights / bandwidth * 1000.0, kv_ms=pp * kv / bandwidth * 1000.0,
         compute_ms=flops / peak * 1000.0, communication_ms=comm, overhead_ms=overhead_ms(scenario),
-        weight_bytes=weights, kv_bytes=kv, experts_read=experts_read(model, batch) if model.moe else None,
+        weight_bytes=weights, kv_bytes=kv, experts_read=experts_read(model, micro) if model.moe else None,
         prefill_ms=interleaved_prefill_ms(scenario, batch),
     )
 
