@@ -240,11 +240,12 @@ def prefill(scenario: Scenario) -> Prefill:
     model, hw, cal = scenario.model, scenario.hardware, scenario.hardware.calibration
     tokens = max(scenario.context, 1)
     attention = 2.0 * tokens * tokens * model.num_heads * model.head_dim * model.num_layers  # causal QK and PV
-    flops = (2.0 * model.active_params * tokens + attention) / scenario.nodes
+    # PP stages run one after the other for one prompt: only TP divides the work
+    flops = (2.0 * model.active_params * tokens + attention) / scenario.tp
     peak = hw.peak_tflops(scenario.plan.weights.compute) * 1e12 * cal.compute_efficiency
-    weights = weight_bytes_per_node(model, scenario.plan, scenario.tp, scenario.pp, tokens)
+    weights = scenario.pp * weight_bytes_per_node(model, scenario.plan, scenario.tp, scenario.pp, tokens)
     memory = weights / (hw.mem_bw_gbs * 1e9 * cal.bw_efficiency) * 1000.0
-    comm = 2 * model.num_layers / scenario.pp * allreduce_ms(scenario, tokens * model.hidden_size * ACTIVATION_BYTES)
+    comm = 2 * model.num_layers * allreduce_ms(scenario, tokens * model.hidden_size * ACTIVATION_BYTES)
     compute = flops / peak * 1000.0
     over = overhead_ms(scenario)
     return Prefill(max(compute, memory) + comm + over, compute, memory, comm, over)
