@@ -155,7 +155,7 @@ def weight_bytes_per_node(model: ModelShape, plan: QuantPlan, tp: int, pp: int, 
     mlp = model.dense_mlp_params * q
     if model.moe is not None:
         mlp += experts_read(model, tokens) * model.moe.params_per_expert * model.moe.moe_layers * q
-    return ((attention + mlp) / pp + lm_head) / tp
+    return (attention + mlp + lm_head) / pp / tp  # the LM head sits on the last stage: averaged over stages
 
 
 def total_weight_bytes_per_node(model: ModelShape, plan: QuantPlan, tp: int, pp: int) -> float:
