@@ -286,6 +286,6 @@ def predict(scenario: Scenario) -> Prediction:
     step = decode_step(scenario, scenario.concurrency)
     one = decode_step(scenario, 1) if scenario.concurrency != 1 else step
     raw_bandwidth = scenario.hardware.mem_bw_gbs * 1e9
-    ceiling = raw_bandwidth / (one.weight_bytes + one.kv_bytes)
+    ceiling = raw_bandwidth / (scenario.pp * (one.weight_bytes + one.kv_bytes))  # PP stages read in turn
     return Prediction(scenario, step, one, ceiling, prefill(scenario), memory_fit(scenario, scenario.tp, scenario.pp),
                       layouts(scenario))
