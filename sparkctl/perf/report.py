@@ -128,6 +128,11 @@ def to_dict(prediction: Prediction, findings: list[Finding], *, sources: dict[st
         "findings": [f.to_dict() for f in findings],
         "sources": dict(sources),
     }
+    if m.moe is not None and s.concurrency > 1:
+        data["model"]["notes"].append(
+            f"experts read per layer ({step.experts_read:.1f} of {m.moe.num_experts}) assume each token routes "
+            "independently: an upper bound; batches of similar text share experts and can decode up to about 2x "
+            "faster (docs/explain-calibration.md, the kubis rows)")
     if comparisons:
         data["bench"] = [c.to_dict() for c in comparisons]
     return data
