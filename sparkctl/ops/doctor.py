@@ -8,9 +8,9 @@ import sys
 from typing import Any
 
 from sparkctl.errors import InputError
+from sparkctl.perf.rules import log_findings
 from sparkctl.probes.nccl_log import parse_nccl_log
 from sparkctl.probes.nccl_tests import parse_nccl_tests
-from sparkctl.perf.rules import log_findings
 from sparkctl.serve.vllm_log import read_log
 
 MAX_BYTES = 256 * 1024 * 1024

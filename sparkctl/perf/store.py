@@ -27,8 +27,9 @@ class ProbeRecord:
 
     def latency_at(self, size: int) -> tuple[float, str] | None:
         """Latency for a message size: the graph mode when measured (vLLM replays
-        CUDA graphs), else eager; the nearest measured size at or above."""
-        for mode in ("graph", "eager"):
+        CUDA graphs), else eager, else whatever mode the engine named; the nearest
+        measured size at or above."""
+        for mode in ("graph", "eager", *sorted(set(self.latency_us) - {"graph", "eager"})):
             rows = self.latency_us.get(mode) or {}
             if rows:
                 sizes = sorted(rows)
