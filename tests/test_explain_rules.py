@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
+
+import pytest
 from pathlib import Path
 
 from sparkctl.perf.bench import read_bench
@@ -119,3 +121,12 @@ def test_metrics_snapshot_and_queue_rule():
     assert parse_metrics("no metrics") is None
     old_name = parse_metrics(METRICS.replace("kv_cache_usage_perc", "gpu_cache_usage_perc"))
     assert old_name.kv_cache_usage == 0.08
+
+
+def test_rate_driven_bench_uses_requests_in_flight():
+    from sparkctl.perf.bench import parse_bench
+
+    result = parse_bench({"max_concurrency": None, "request_rate": 2.0, "output_throughput": 100.0, "completed": 10,
+                          "request_throughput": 2.0, "mean_e2el_ms": 3000.0, "median_tpot_ms": 30.0}, "r.json")
+    (step,) = result.steps
+    assert result.kind == "vllm" and step.concurrency == 6 and step.tok_s_per_user == pytest.approx(1000 / 30)

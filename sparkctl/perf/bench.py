@@ -25,7 +25,7 @@ class ServerStats:
 
 @dataclass(frozen=True)
 class BenchStep:
-    concurrency: int  # the target (max_concurrency), 1 when unbounded and unknown
+    concurrency: int  # the target (max_concurrency); for a rate-driven run, requests in flight on average
     completed: int
     median_tpot_ms: float | None
     output_throughput: float
@@ -77,8 +77,12 @@ def _step(data: Mapping[str, Any], where: str) -> BenchStep:
             _num(server, "running_mean"), _num(server, "running_max"), _num(server, "waiting_mean"),
             _num(server, "kv_cache_usage_mean"), _num(server, "kv_cache_usage_max"), _num(server, "preemptions"),
             _num(server, "prefix_cache_hit_rate"))
+    if not (isinstance(conc, (int, float)) and not isinstance(conc, bool) and conc > 0):
+        # a rate-driven run has no concurrency cap: Little's law gives the mean in flight
+        rate, e2el = _num(data, "request_throughput"), _num(data, "mean_e2el_ms")
+        conc = max(1, round(rate * e2el / 1000.0)) if rate and e2el else 1
     return BenchStep(
-        concurrency=int(conc) if isinstance(conc, (int, float)) and not isinstance(conc, bool) and conc > 0 else 1,
+        concurrency=int(conc),
         completed=completed, median_tpot_ms=_num(data, "median_tpot_ms"), output_throughput=throughput,
         median_ttft_ms=_num(data, "median_ttft_ms"), input_len=input_len, output_len=output_len, server=stats)
 
