@@ -361,6 +361,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sparkctl.ops.explain import ExplainOptions, explain
+    from sparkctl.perf.report import render_text
+
+    inventory = playbook = None
+    if args.inventory or args.playbook or args.calibrate:
+        inventory, playbook = _load(args, playbook="optional" if args.model_config else "required")
+    options = ExplainOptions(
+        model_config=args.model_config, quant=args.quant, all_linear=args.all_linear, kv_dtype=args.kv_dtype,
+        tp=args.tp, pp=args.pp, concurrency=args.concurrency, context=args.context, output_len=args.output_len,
+        hardware=args.hardware,
+        mem_bw_gbs=args.mem_bw_gbs, tflops=args.tflops, allreduce_us=args.allreduce_us, bench=args.bench,
+        calibrate=args.calibrate,
+    )
+    report = explain(options, inventory=inventory, playbook=playbook)
+    _emit(args, lambda: report, lambda: render_text(report))
+    return 0
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from sparkctl.ops.logs import read_logs
 
@@ -499,6 +518,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", metavar="RESULT.json", help="result files")
     p.add_argument("--plot", metavar="FILE.png", help="overlaid Pareto chart (needs matplotlib)")
     p.set_defaults(handler=cmd_bench_compare)
+
+    p = sub.add_parser("explain", parents=[common, inv, pb],
+                       help="predict decode/prefill speed from config.json, say what bounds it, name misconfigurations")
+    p.add_argument("--model-config", metavar="CONFIG.json|DIR", help="the model's config.json (default: the playbook's model)")
+    p.add_argument("--quant", choices=["bf16", "fp16", "fp8", "nvfp4", "mxfp4", "int4"], help="weight format (overrides quantization_config)")
+    p.add_argument("--all-linear", action="store_true", help="attention and LM head quantized too (e.g. --mxfp4-layers moe,qkv,o,lm_head)")
+    p.add_argument("--kv-dtype", choices=["bf16", "fp16", "fp8"], help="KV cache dtype (default bf16, or the playbook's --kv-cache-dtype)")
+    p.add_argument("--tp", type=int, help="tensor parallel size (default: the playbook's, else 1)")
+    p.add_argument("--pp", type=int, help="pipeline parallel size (default: the playbook's, else 1)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests decoding at once (default 1)")
+    p.add_argument("--context", type=int, default=1024, help="tokens in each request's KV cache; also the prompt for TTFT (default 1024)")
+    p.add_argument("--output-len", type=int, help="tokens each request generates: with concurrency > 1, other requests' prompts are prefilled between decode steps")
+    p.add_argument("--hardware", default="gb10", help="preset: gb10 (default), h100, h200, a100-40gb, a100-80gb, l40s, rtx4090, rtx5090, rtx-pro-6000, t4")
+    p.add_argument("--mem-bw-gbs", type=float, help="memory bandwidth in GB/s (overrides the preset)")
+    p.add_argument("--tflops", type=float, help="dense tensor TFLOPS (overrides the preset)")
+    p.add_argument("--allreduce-us", type=float, help="small-message all-reduce latency between two TP ranks (default: last nccl-probe, else a Spark-pair default)")
+    p.add_argument("--bench", metavar="RESULT.json", help="a sparkctl bench or vllm bench serve --save-result file to put beside the prediction")
+    p.add_argument("--calibrate", metavar="RESULT.json", help="fit this cluster's per-step overhead from a concurrency-1 bench result (needs -i/-p)")
+    p.set_defaults(handler=cmd_explain)
 
     p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
     p.add_argument("--node", help="only this node")

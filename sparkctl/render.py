@@ -168,6 +168,8 @@ def doctor_text(artefact: str, report: dict[str, Any]) -> str:
         findings = [{"level": "error", "code": f["code"], "message": f"{f['message']}: {f['line']} (hint: {f['hint']})"}
                     for f in report["findings"]]
     lines += [f"{f['level'].upper():7} {f['code']}: {f['message']}" for f in findings]
+    for f in report.get("performance_findings") or []:
+        lines.append(f"{f['level'].upper():7} {f['code']}: {f['message']} ({f['evidence']}); fix: {f['fix']}")
     if not findings:
         lines.append("no problems found")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from sparkctl.errors import InputError
+from sparkctl.perf.rules import log_findings
 from sparkctl.probes.nccl_log import parse_nccl_log
 from sparkctl.probes.nccl_tests import parse_nccl_tests
 from sparkctl.serve.vllm_log import read_log
@@ -49,6 +50,10 @@ def nccl_tests(path: str, *, expect_busbw_gbs: float) -> dict[str, Any]:
 
 
 def vllm_log(path: str) -> dict[str, Any]:
-    report = read_log(read_artefact(path)).to_dict()
+    text = read_artefact(path)
+    report = read_log(text).to_dict()
     report["problem"] = bool(report["findings"])
+    # performance misconfigurations are warnings: they do not make the log a problem
+    report["performance_findings"] = [f.to_dict() for f in log_findings(
+        text, kv_cache_tokens=report["kv_cache_tokens"], max_concurrency=report["max_concurrency"])]
     return report

@@ -27,6 +27,7 @@ from sparkctl.ops.group import run_group
 from sparkctl.ops.launch import values_or_raise
 from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.stop import stop_all
+from sparkctl.perf.store import save_probe
 from sparkctl.playbook import Playbook
 from sparkctl.probes import nccl_tests_engine as engine
 from sparkctl.probes.allreduce import ProbeOptions, ProbeReport, analyse, build_job, parse_result
@@ -70,6 +71,10 @@ def nccl_probe(
         name: {"address": p.address, "interface": p.interface, "master_addr": p.master_addr}
         for name, p in plans.items()
     }
+    try:  # `sparkctl explain` uses the measured latency for this cluster's TP predictions
+        report.notes.append(f"latencies saved for sparkctl explain: {save_probe(inventory.cluster, report)}")
+    except OSError as exc:
+        report.notes.append(f"latencies not saved for sparkctl explain: {exc}")
     return report
 
 
