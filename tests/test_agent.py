@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkctl.agent import node_agent
+from sparkctl.agent import node_agent, node_proc
 from sparkctl.agent.client import AgentError, call_agent
 from sparkctl.inventory import Node
 from sparkctl.remote.local import LocalRunner
@@ -233,8 +233,8 @@ def test_read_returns_text_or_says_missing(agent):
 def test_ipv4_without_iproute2_uses_the_kernel_ioctls():
     """Minimal images have no `ip`; the ioctl fallback must agree with it on the
     primary address of every interface."""
-    full, source, _ = node_agent.ipv4_by_interface()
-    fallback = node_agent._ipv4_via_ioctl()
+    full, source, _ = node_proc.ipv4_by_interface()
+    fallback = node_proc._ipv4_via_ioctl()
     assert source == "ip" and fallback["lo"] == ["127.0.0.1/8"]
     for name, cidrs in full.items():
         if cidrs:
@@ -289,3 +289,17 @@ def test_a_reused_session_number_is_not_ours(agent, tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_probe_reads_pips_long_path_launcher_like_check_does(agent, tmp_path):
+    """A venv whose path is too long for a #! line gets pip's `#!/bin/sh` launcher; the
+    probe op (nccl-probe, the Ray backend) must find the Python it execs, as check does."""
+    from sparkctl.agent import node_facts
+
+    python = "/" + "very-long-venv-path/" * 8 + "bin/python3"
+    script = tmp_path / "vllm"
+    script.write_text(f"#!/bin/sh\n'''exec' {python} \"$0\" \"$@\"\n' '''\nimport sys\n")
+    script.chmod(0o755)
+    reply = agent("probe", commands=[str(script)])
+    assert reply["interpreters"][str(script)] == python
+    assert node_facts.find_vllm_python({"vllm_command": [str(script)]})[0] == python

@@ -483,12 +483,19 @@ def test_node_facts_is_python38_syntax():
         assert newer not in SOURCE, newer  # 3.9+ APIs and annotations the grammar check cannot see
 
 
-def test_node_facts_imports_only_the_standard_library():
-    tree = ast.parse(SOURCE)
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
-    assert names <= set(sys.stdlib_module_names), names - set(sys.stdlib_module_names)
+@pytest.mark.parametrize("module", sorted(client.NODE_MODULES))
+def test_node_modules_import_only_the_standard_library_and_each_other(module):
+    """What ships to a node finds there only the standard library and the other shipped modules."""
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    ast.parse(source, feature_version=(3, 8))
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {f"{node.module}.{a.name}" if node.module == "sparkctl.agent" else node.module for a in node.names}
+    foreign = {n for n in imported if n.split(".")[0] not in sys.stdlib_module_names and n not in client.NODE_MODULES}
+    assert not foreign, foreign
 
 
 def test_gather_as_shipped_by_the_agent_client(tmp_path):
@@ -500,7 +507,7 @@ def test_gather_as_shipped_by_the_agent_client(tmp_path):
     port = listener.getsockname()[1]
     request = {"op": "facts", "sections": ["rdma", "netdevs", "ports", "env"], "ports": [port],
                "env": {"NCCL_IB_HCA": "=rocep1s0f1,roceP2p1s0f1"}}
-    stdin = json.dumps({"mods": client._modules(("sparkctl_node_facts",)), "req": request}) + "\n"
+    stdin = json.dumps({"mods": client._modules(("sparkctl.agent.node_facts",)), "req": request}) + "\n"
     env = {"PATH": os.environ["PATH"], "SPARKCTL_SYSFS_ROOT": str(SYSFS / "spark-healthy-b")}
     try:
         proc = subprocess.run([python, "-I", "-c", client.BOOTSTRAP], input=stdin.encode(), capture_output=True,

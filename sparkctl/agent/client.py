@@ -15,18 +15,27 @@ from sparkctl.remote.base import Runner
 
 RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
 
-# Node-side modules (standard library only), by the name they get on the node.
+# Node-side modules (standard library only) by their name in the package; they
+# keep that name on the node, so they import each other as they do here.
 NODE_MODULES = {
-    "sparkctl_node_agent": "node_agent.py",
-    "sparkctl_node_facts": "node_facts.py",
+    "sparkctl.agent.node_proc": "node_proc.py",
+    "sparkctl.agent.node_facts": "node_facts.py",
+    "sparkctl.agent.node_agent": "node_agent.py",
 }
+BASE_MODULES = ("sparkctl.agent.node_proc",)
+AGENT_MODULE = "sparkctl.agent.node_agent"
 
-# Installs the shipped modules (dependencies first, the agent last) and answers the request.
+# Installs the shipped modules under an empty `sparkctl.agent` package (so an
+# installed sparkctl of another version is never imported), dependencies first,
+# the agent last, and answers the request.
 BOOTSTRAP = (
     "import sys,json,types;d=json.loads(sys.stdin.readline())\n"
+    "for n in ('sparkctl','sparkctl.agent'):\n"
+    " m=types.ModuleType(n);m.__path__=[];sys.modules[n]=m\n"
     "for n,s in d['mods']:\n"
-    " m=types.ModuleType(n);sys.modules[n]=m;exec(compile(s,n,'exec'),m.__dict__)\n"
-    "sys.modules['sparkctl_node_agent'].respond(d['req'])"
+    " m=types.ModuleType(n);sys.modules[n]=m;p,_,c=n.rpartition('.');setattr(sys.modules[p],c,m)\n"
+    " exec(compile(s,n,'exec'),m.__dict__)\n"
+    "sys.modules['sparkctl.agent.node_agent'].respond(d['req'])"
 )
 
 
@@ -43,7 +52,7 @@ def module_source(name: str) -> str:
 
 
 def _modules(extra: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [(name, module_source(name)) for name in (*extra, "sparkctl_node_agent")]
+    return [(name, module_source(name)) for name in (*BASE_MODULES, *extra, AGENT_MODULE)]
 
 
 def call_agent(

@@ -22,81 +22,24 @@ import subprocess
 import sys
 import time
 
+from sparkctl.agent.node_proc import (
+    TAG_VAR,
+    all_pids,
+    boot_id,
+    clock_ticks,
+    ipv4_by_interface,
+    is_alive,
+    ports_in_use,
+    ports_of,
+    proc_cmdline,
+    proc_stat,
+    proc_tag,
+    script_interpreter,
+    uptime_s,
+)
+
 RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
-TAG_VAR = "SPARKCTL_TAG"
 MAX_TAIL = 256 * 1024
-
-
-# --------------------------------------------------------------------------
-# /proc helpers
-# --------------------------------------------------------------------------
-def _read(path, limit=1 << 20):
-    with open(path, "rb") as handle:
-        return handle.read(limit)
-
-
-def proc_stat(pid):
-    """(state, ppid, pgid, starttime, sid) of a pid, or None when it is gone."""
-    try:
-        raw = _read("/proc/%d/stat" % pid).decode("utf-8", "replace")
-    except (OSError, ValueError):
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    rest = raw[raw.rfind(")") + 2:].split()
-    try:
-        return rest[0], int(rest[1]), int(rest[2]), int(rest[19]), int(rest[3])
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_tag(pid):
-    try:
-        env = _read("/proc/%d/environ" % pid)
-    except OSError:
-        return None
-    prefix = (TAG_VAR + "=").encode()
-    for entry in env.split(b"\0"):
-        if entry.startswith(prefix):
-            return entry[len(prefix):].decode("utf-8", "replace")
-    return None
-
-
-def proc_cmdline(pid, limit=400):
-    try:
-        raw = _read("/proc/%d/cmdline" % pid, 8192)
-    except OSError:
-        return ""
-    text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    return text[:limit]
-
-
-def all_pids():
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            pids.append(int(name))
-    return pids
-
-
-def boot_id():
-    try:
-        return _read("/proc/sys/kernel/random/boot_id").decode().strip()
-    except OSError:
-        return ""
-
-
-def clock_ticks():
-    try:
-        return os.sysconf("SC_CLK_TCK")
-    except (ValueError, OSError):
-        return 100
-
-
-def uptime_s():
-    try:
-        return float(_read("/proc/uptime").split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def our_sessions(prefix, record_dir):
@@ -167,85 +110,6 @@ def our_processes(prefix, record_dir=None):
 def tagged_processes(prefix):
     """Processes carrying the tag (no records consulted): for callers without a record folder."""
     return our_processes(prefix, None)
-
-
-def is_alive(pid, starttime):
-    """True when pid exists, is not a zombie and is the same process (start time)."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[3] == starttime
-
-
-# --------------------------------------------------------------------------
-# sockets
-# --------------------------------------------------------------------------
-def listening_sockets():
-    """{inode: port} for every TCP socket in LISTEN state in this network namespace."""
-    result = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = _read(table, 64 << 20).decode().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] != "0A":
-                continue
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            result[int(fields[9])] = port
-    return result
-
-
-def socket_owners(inodes, pids=None):
-    """{inode: pid} for the given socket inodes, looking at pids (default: all)."""
-    owners = {}
-    wanted = set(inodes)
-    for pid in pids if pids is not None else all_pids():
-        try:
-            fds = os.listdir("/proc/%d/fd" % pid)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inode = int(target[8:-1])
-                if inode in wanted:
-                    owners.setdefault(inode, pid)
-    return owners
-
-
-def ports_in_use(ports):
-    """For each requested port that something listens on: the listener's pid and tag."""
-    listening = listening_sockets()
-    hits = dict((inode, port) for inode, port in listening.items() if port in set(ports))
-    if not hits:
-        return []
-    owners = socket_owners(hits.keys())
-    out = []
-    seen = set()
-    for inode, port in sorted(hits.items(), key=lambda item: item[1]):
-        pid = owners.get(inode)
-        key = (port, pid)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(
-            {
-                "port": port,
-                "pid": pid,
-                "tag": proc_tag(pid) if pid else None,
-                "cmdline": proc_cmdline(pid, 200) if pid else "",
-            }
-        )
-    return out
-
-
-def ports_of(pids):
-    listening = listening_sockets()
-    owners = socket_owners(listening.keys(), pids)
-    return sorted(set(listening[inode] for inode in owners))
 
 
 # --------------------------------------------------------------------------
@@ -553,76 +417,6 @@ def op_exec(req):
             "stderr": err.decode("utf-8", "replace"), "duration_s": round(time.time() - started, 3)}
 
 
-def ipv4_by_interface():
-    """({ifname: [ipv4/prefix, ...]}, source, note). `ip -j -4 addr` when iproute2
-    is there (every address); else the kernel's ioctls (the primary address of
-    each interface), because minimal container images ship without iproute2."""
-    ip = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
-    note = None
-    if ip is not None:
-        try:
-            proc = subprocess.run([ip, "-j", "-4", "addr", "show"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=10)
-            if proc.returncode == 0:
-                result = {}
-                for link in json.loads(proc.stdout.decode() or "[]"):
-                    if isinstance(link, dict) and link.get("ifname"):
-                        result[link["ifname"]] = ["%s/%s" % (a.get("local"), a.get("prefixlen"))
-                                                  for a in link.get("addr_info", []) if a.get("local")]
-                return result, "ip", None
-            note = "ip -j -4 addr exited %d: %s" % (proc.returncode, proc.stderr.decode("utf-8", "replace")[-200:])
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            note = "ip -j -4 addr: %s" % exc
-    else:
-        note = "iproute2 `ip` not found: primary IPv4 addresses read with ioctl"
-    return _ipv4_via_ioctl(), "ioctl", note
-
-
-def _ipv4_via_ioctl():
-    import fcntl
-    import struct
-
-    siocgifaddr, siocgifnetmask = 0x8915, 0x891B
-    result = {}
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _, name in socket.if_nameindex():
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), siocgifaddr, request)[20:24])
-                mask = fcntl.ioctl(sock.fileno(), siocgifnetmask, request)[20:24]
-            except OSError:  # no IPv4 address on this interface
-                result[name] = []
-                continue
-            prefix = bin(struct.unpack("!I", mask)[0]).count("1")
-            result[name] = ["%s/%d" % (addr, prefix)]
-    finally:
-        sock.close()
-    return result
-
-
-def script_interpreter(path):
-    """The interpreter a script names in its #! line (a `vllm` console script
-    names the Python that has vLLM and torch), or the path itself when it is
-    a Python binary; None otherwise."""
-    name = os.path.basename(path)
-    if name.startswith("python"):
-        return path
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline(512)
-    except OSError:
-        return None
-    if not first.startswith(b"#!"):
-        return None
-    parts = first[2:].decode("utf-8", "replace").split()
-    if not parts:
-        return None
-    if os.path.basename(parts[0]) == "env" and len(parts) > 1:
-        return shutil.which(parts[1]) or parts[1]
-    return parts[0]
-
-
 def op_probe(req):
     """Cheap facts `up` needs before starting anything."""
     paths = {}
@@ -668,11 +462,9 @@ def op_read(req):
 
 def op_facts(req):
     """Everything `sparkctl check` needs to know about this node (see node_facts.py)."""
-    try:
-        import sparkctl_node_facts as facts  # shipped by the controller with this op
-    except ImportError:  # running inside the package (tests)
-        from sparkctl.agent import node_facts as facts
-    return facts.gather(req)
+    from sparkctl.agent import node_facts  # shipped by the controller with this op only
+
+    return node_facts.gather(req)
 
 
 OPS = {

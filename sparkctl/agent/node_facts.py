@@ -1,10 +1,8 @@
 """Node facts for `sparkctl check`: runs ON a node, standard library only (Python >= 3.8).
 
-The controller ships this file as the module `sparkctl_node_facts` next to the
-node agent (client.NODE_MODULES); `node_agent.op_facts(req)` calls
-`gather(req)` and its dict is the JSON reply. Nothing here imports from the
-`sparkctl` package (it does not exist on the nodes) except, in tests, the
-node agent itself for its port helpers.
+The controller ships this file with the node agent (client.NODE_MODULES);
+`node_agent.op_facts(req)` calls `gather(req)` and its dict is the JSON reply.
+From the `sparkctl` package it imports only node_proc, which is shipped too.
 
 Every reader tolerates missing files, permission errors and odd values: what
 could not be read is None (or absent) in the facts, and unexpected errors
@@ -83,6 +81,8 @@ import socket
 import subprocess
 import sys
 import time
+
+from sparkctl.agent import node_proc
 
 SCHEMA = 1
 SYSFS_ENV = "SPARKCTL_SYSFS_ROOT"
@@ -509,7 +509,7 @@ def _ipv4_sources(ctx):
 
 def _ip_addr(ctx):
     """(addresses, source): "ip", or "ioctl" when iproute2 is missing (primary addresses only)."""
-    result, source, _ = _agent_module().ipv4_by_interface()
+    result, source, _ = node_proc.ipv4_by_interface()
     return result, source
 
 
@@ -645,32 +645,11 @@ def find_vllm_python(req):
             return None, "vllm_command %s not found on this node" % command[0]
         if re.match(r"^python[0-9.]*$", os.path.basename(resolved)):
             return resolved, "vllm_command"
-        interpreter = _shebang_interpreter(resolved)
+        interpreter = node_proc.script_interpreter(resolved)
         if interpreter:
             return interpreter, "shebang of %s" % resolved
         return None, "no Python shebang in %s" % resolved
     return sys.executable, "agent"
-
-
-def _shebang_interpreter(path):
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096).decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    if not head or not head[0].startswith("#!"):
-        return None
-    words = head[0][2:].strip().split()
-    if not words:
-        return None
-    if os.path.basename(words[0]) == "env":
-        names = [w for w in words[1:] if not w.startswith("-")]
-        return shutil.which(names[0]) if names else None
-    if os.path.basename(words[0]) in ("sh", "bash") and len(head) > 1:
-        # pip's launcher for long paths: '''exec' /very/long/path/python "$0" "$@"
-        match = re.match(r"^'''exec' (\S+)", head[1])
-        return match.group(1).strip("'\"") if match else None
-    return words[0]
 
 
 class _PythonProbe(object):
@@ -1144,18 +1123,11 @@ def _hub_cache_incomplete(ctx, path):
 # --------------------------------------------------------------------------
 # ports and reachability
 # --------------------------------------------------------------------------
-def _agent_module():
-    agent = sys.modules.get("sparkctl_node_agent")
-    if agent is None:
-        from sparkctl.agent import node_agent as agent  # running inside the package (tests)
-    return agent
-
-
 def read_ports(ctx):
     ports = sorted(set(int(p) for p in ctx.req.get("ports") or []))
     if not ports:
         return {"requested": [], "in_use": [], "free": []}
-    in_use = _agent_module().ports_in_use(ports)
+    in_use = node_proc.ports_in_use(ports)
     busy = set(entry["port"] for entry in in_use)
     return {"requested": ports, "in_use": in_use, "free": [p for p in ports if p not in busy]}
 

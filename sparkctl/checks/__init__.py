@@ -4,7 +4,7 @@ Pure functions over the facts each node reports (sparkctl/agent/node_facts.py);
 no I/O here. Typical use on the controller:
 
     spec = ClusterSpec.from_config(inventory, playbook)
-    facts = {node: call_agent(..., "facts", modules=("sparkctl_node_facts",), **facts_request(spec, node))}
+    facts = {node: call_agent(..., "facts", modules=("sparkctl.agent.node_facts",), **facts_request(spec, node))}
     plan = derive_plan(spec, facts)
     # second round: facts[node]["reach"] = call_agent(..., **reach_request(spec, facts, plan, node))["reach"]
     report = check_cluster(spec, facts, timing={node: (sent_at, received_at)})

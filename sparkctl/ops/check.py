@@ -22,7 +22,7 @@ from sparkctl.progress import Reporter
 from sparkctl.remote.result import NodeUnavailable
 from sparkctl.remote.session import NodeSession, fan_out
 
-FACTS_MODULES = ("sparkctl_node_facts",)
+FACTS_MODULES = ("sparkctl.agent.node_facts",)
 
 
 @dataclass
