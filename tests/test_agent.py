@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from sparkctl.agent import node_agent, node_proc
-from sparkctl.agent.client import AgentError, call_agent
+from sparkctl.agent import protocol
+from sparkctl.agent.client import AgentError, call
 from sparkctl.inventory import Node
 from sparkctl.remote.local import LocalRunner
 
@@ -25,6 +26,13 @@ def make_node(name: str = "n1") -> Node:
                 role="head", env={}, python=sys.executable, workdir="~/.sparkctl", gpus=1, index=0)
 
 
+def call_agent(runner, node, op: str, **payload) -> dict:
+    """A request built from keywords through the typed client; the reply as JSON data
+    (a stop reply's `ok` is whether it is clean)."""
+    reply = call(runner, node, protocol.from_wire(protocol.REQUESTS[op], payload))
+    return {"ok": getattr(reply, "clean", True), **protocol.to_wire(reply)}
+
+
 @pytest.fixture
 def agent(tmp_path):
     node = make_node()
@@ -32,15 +40,15 @@ def agent(tmp_path):
     prefix = f"test-{os.getpid()}-{tmp_path.name}/n1/"
     started: list[int] = []
 
-    def call(op: str, **payload):
+    def agent_call(op: str, **payload):
         reply = call_agent(runner, node, op, **payload)
-        if op == "launch" and reply.get("ok"):
+        if op == "launch":
             started.append(reply["process"]["pid"])
         return reply
 
-    call.prefix = prefix  # type: ignore[attr-defined]
-    call.tmp = tmp_path  # type: ignore[attr-defined]
-    yield call
+    agent_call.prefix = prefix  # type: ignore[attr-defined]
+    agent_call.tmp = tmp_path  # type: ignore[attr-defined]
+    yield agent_call
     # Never leave a test process behind, even when the test failed half-way.
     call_agent(runner, node, "stop", tag_prefix=prefix, grace_s=1)
     for pid in started:

@@ -9,8 +9,22 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 
 TAG_VAR = "SPARKCTL_TAG"
+
+
+def module_source(name):
+    """The source of a node-side module, to run it under another interpreter
+    (`python -c <source>`): the controller's bootstrap keeps what it shipped in
+    __source__; inside the package (tests) it is the module's file."""
+    __import__(name)
+    module = sys.modules[name]
+    source = getattr(module, "__source__", None)
+    if source is None:
+        with open(module.__file__) as handle:
+            source = handle.read()
+    return source
 
 
 # --------------------------------------------------------------------------
@@ -35,11 +49,15 @@ def proc_stat(pid):
         return None
 
 
-def proc_tag(pid):
+UNREADABLE = "?"  # the tag of a process whose environment we may not read (another user's)
+
+
+def proc_tag(pid, unreadable=None):
+    """The SPARKCTL_TAG in a process's environment; None without one, `unreadable` when it cannot be read."""
     try:
         env = _read("/proc/%d/environ" % pid)
     except OSError:
-        return None
+        return unreadable
     prefix = (TAG_VAR + "=").encode()
     for entry in env.split(b"\0"):
         if entry.startswith(prefix):
@@ -54,6 +72,43 @@ def proc_cmdline(pid, limit=400):
         return ""
     text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
     return text[:limit]
+
+
+def proc_comm(pid):
+    try:
+        return _read("/proc/%d/comm" % pid).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def proc_raw_cmdline(pid):
+    """The NUL-separated command line as bytes (b"" when gone)."""
+    try:
+        return _read("/proc/%d/cmdline" % pid, 1 << 16)
+    except OSError:
+        return b""
+
+
+def proc_cwd(pid):
+    try:
+        return os.readlink("/proc/%d/cwd" % pid)
+    except OSError:
+        return None
+
+
+def open_paths(pid):
+    """What a process's file descriptors point to (paths, socket:[..], ...)."""
+    try:
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return []
+    targets = []
+    for fd in fds:
+        try:
+            targets.append(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+        except OSError:
+            pass
+    return targets
 
 
 def all_pids():

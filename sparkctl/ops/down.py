@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparkctl.inventory import Inventory
-from sparkctl.ops.nodes import Nodes
-from sparkctl.backends.common import record_dir, tag_prefix
+from sparkctl.agent.client import AgentClient
+from sparkctl.backends.common import status_request
 from sparkctl.ops.ray_cluster import RayNodeStop, stop_ray
 from sparkctl.ops.stop import NodeStop, stop_all
 from sparkctl.playbook import Playbook
@@ -60,7 +60,7 @@ def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None 
         if grace_s is None:
             grace_s = playbook.stop_grace_s if playbook is not None else DEFAULT_GRACE_S
         with NodeSession(inventory) as session:
-            nodes = Nodes(inventory, session)
+            nodes = AgentClient(inventory, session)
             ray = None
             if (state or {}).get("backend") == "ray" or _ray_recorded(nodes, inventory):
                 ray = stop_ray(nodes, inventory, reporter, grace_s=grace_s)
@@ -73,16 +73,11 @@ def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None 
         return result
 
 
-def _ray_recorded(nodes: Nodes, inventory: Inventory) -> bool:
+def _ray_recorded(nodes: AgentClient, inventory: Inventory) -> bool:
     """Whether any node keeps a record of a Ray this cluster started (state may be lost)."""
-    outcomes = nodes.call_all(
-        "status",
-        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n, "ray"), "record_dir": record_dir(n, inventory.cluster)},
-        timeout_s=30,
-    )
-    return any(
-        r.get("role") == "ray" for o in outcomes.values() if o.value for r in o.value.get("records", [])
-    ) or any(o.value and o.value.get("processes") for o in outcomes.values())
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n, "ray"), timeout_s=30)
+    replies = [o.value for o in outcomes.values() if o.value is not None]
+    return any(r.record("ray") is not None or r.processes for r in replies)
 
 
 def _merge_ray(results: dict[str, NodeStop], ray: dict[str, RayNodeStop]) -> None:

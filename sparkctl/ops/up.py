@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sparkctl.backends.common import ProcessSpec, record_dir, tag_prefix
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import ProcessRecord
+from sparkctl.backends.common import ProcessSpec, status_request
 from sparkctl.backends.mp import plan_mp
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
@@ -24,7 +26,6 @@ from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
 from sparkctl.backends.ray import RayPlan
 from sparkctl.ops.launch import launch_specs, plan_digest
-from sparkctl.ops.nodes import Nodes
 from sparkctl.ops.ray_cluster import launch_ray_backend, prepare_ray, stop_ray
 from sparkctl.ops.stop import stop_all
 from sparkctl.playbook import Playbook, check_against_inventory
@@ -88,7 +89,7 @@ def up(
     spec = ClusterSpec.from_config(inventory, playbook)
     started_at = time.monotonic()
     with store.locked("up"), NodeSession(inventory) as session:
-        nodes = Nodes(inventory, session)
+        nodes = AgentClient(inventory, session)
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
         facts = reachable_facts(nodes, spec, inventory)
         plans = host_plans(spec, facts)
@@ -107,7 +108,7 @@ def up(
             plans = host_plans(spec, facts)
             ray_plan, specs = _plan_backend(nodes, inventory, playbook, plans, reporter)
         _preflight_checks(nodes, spec, inventory, facts, reporter, ignore_checks)
-        launched: dict[str, dict] = {}
+        launched: dict[str, ProcessRecord] = {}
         try:
             launch_started = time.monotonic()
             if ray_plan is not None:
@@ -162,7 +163,7 @@ def up(
 
 
 def _plan_backend(
-    nodes: Nodes, inventory: Inventory, playbook: Playbook, plans: dict[str, HostPlan], reporter: Reporter
+    nodes: AgentClient, inventory: Inventory, playbook: Playbook, plans: dict[str, HostPlan], reporter: Reporter
 ) -> tuple[RayPlan | None, list[ProcessSpec]]:
     """The processes the backend starts: vLLM on every node (mp), or Ray on
     every node and vLLM on the head (ray)."""
@@ -172,7 +173,7 @@ def _plan_backend(
     return None, plan_mp(inventory, playbook, plans)
 
 
-def _stop_everything(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> None:
+def _stop_everything(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> None:
     """Ray first (it has its own order and last resort), then whatever else this cluster runs."""
     if playbook.backend == "ray":
         stop_ray(nodes, inventory, reporter, grace_s=playbook.stop_grace_s)
@@ -180,7 +181,7 @@ def _stop_everything(nodes: Nodes, inventory: Inventory, playbook: Playbook, rep
 
 
 def _preflight_checks(
-    nodes: Nodes,
+    nodes: AgentClient,
     spec: ClusterSpec,
     inventory: Inventory,
     facts: Facts,
@@ -205,38 +206,26 @@ def _preflight_checks(
 
 
 def _already_serving(
-    nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec], endpoint: Endpoint, playbook: Playbook
-) -> dict[str, dict] | None:
+    nodes: AgentClient, inventory: Inventory, specs: list[ProcessSpec], endpoint: Endpoint, playbook: Playbook
+) -> dict[str, ProcessRecord] | None:
     """The running processes when every node runs exactly the planned command and the endpoint answers."""
-    outcomes = nodes.call_all(
-        "status",
-        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
-        timeout_s=30,
-    )
-    running: dict[str, dict] = {}
-    for spec in specs:
-        outcome = outcomes[spec.node]
-        if outcome.error is not None:
-            raise outcome.error
-        records = {r.get("role"): r for r in (outcome.value or {}).get("records", [])}
-        record = records.get(spec.role)
-        if record is None or not record.get("alive") or record.get("plan_digest") != plan_digest(spec):
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
+    running: dict[str, ProcessRecord] = {}
+    for process in specs:
+        record = outcomes[process.node].result().record(process.role)
+        if record is None or not record.alive or record.plan_digest != plan_digest(process):
             return None
-        running[spec.node] = record
+        running[process.node] = record
     if endpoint.health().status != 200:
         return None
     _, ids = endpoint.model_ids()
     return running if playbook.served_model_name in ids else None
 
 
-def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> bool:
+def _stop_leftovers(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> bool:
     """Converge: whatever this cluster's tag still runs (half-dead, other plan) goes first."""
-    outcomes = nodes.call_all(
-        "status",
-        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
-        timeout_s=30,
-    )
-    leftovers = {name: o.value["processes"] for name, o in outcomes.items() if o.value and o.value.get("processes")}
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
+    leftovers = {name: o.value.processes for name, o in outcomes.items() if o.value and o.value.processes}
     if not leftovers:
         return False
     summary = ", ".join(f"{name}: {len(p)} process(es)" for name, p in leftovers.items())
@@ -247,8 +236,8 @@ def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, repo
 
 
 def _launch_all(
-    nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec], secrets: dict[str, str], reporter: Reporter
-) -> dict[str, dict]:
+    nodes: AgentClient, inventory: Inventory, specs: list[ProcessSpec], secrets: dict[str, str], reporter: Reporter
+) -> dict[str, ProcessRecord]:
     try:
         return launch_specs(nodes, inventory, specs, reporter, secrets=secrets)
     except SparkctlError:
@@ -261,7 +250,7 @@ def _result(
     inventory: Inventory,
     playbook: Playbook,
     endpoint: Endpoint,
-    processes: dict[str, dict],
+    processes: dict[str, ProcessRecord],
     plans: dict[str, HostPlan],
 ) -> UpResult:
     return UpResult(
@@ -273,10 +262,10 @@ def _result(
         nodes={
             name: {
                 "role": inventory.node(name).role,
-                "pid": proc.get("pid"),
-                "starttime": proc.get("starttime"),
-                "log": proc.get("log"),
-                "tag": proc.get("tag"),
+                "pid": proc.pid,
+                "starttime": proc.starttime,
+                "log": proc.log,
+                "tag": proc.tag,
             }
             for name, proc in processes.items()
         },
