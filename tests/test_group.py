@@ -15,7 +15,7 @@ from sparkctl.agent import node_agent
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
 from sparkctl.errors import OperationFailed
 from sparkctl.inventory import load_inventory
-from sparkctl.ops.group import run_group
+from sparkctl.lifecycle.group import run_group
 from sparkctl.agent.client import AgentClient
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession

@@ -53,7 +53,7 @@ def test_every_operation_has_a_handler_and_its_requests_survive_the_wire(op):
     assert op in node_agent.OPS and cls.REPLY.__name__.endswith("Reply")
     required = {"argv": ["a", "b"], "log": "l", "record": "r", "tag": "t", "role": "x", "tag_prefix": "p",
                 "record_dir": "d", "path": "f", "paths": ["f"], "temp_dir": "/tmp/ray", "grace_s": 1.0}
-    fields = {f: required[f] for f in cls.__dataclass_fields__ if f in required}
+    fields = {f.name: required[f.name] for f in protocol.fields_of(cls) if f.name in required}
     request = from_wire(cls, fields)
     assert from_wire(cls, to_wire(request)) == request
 

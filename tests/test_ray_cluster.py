@@ -22,7 +22,7 @@ from sparkctl.inventory import load_inventory
 from sparkctl.ops.check import network_plan
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import ReadRequest
-from sparkctl.ops.ray_cluster import launch_ray_backend, prepare_ray, ray_view, start_ray_cluster, stop_ray
+from sparkctl.backends.ray_cluster import launch_ray_backend, prepare_ray, ray_view, start_ray_cluster, stop_ray
 from sparkctl.playbook import check_against_inventory, load_playbook
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession
@@ -215,7 +215,7 @@ def test_ray_left_behind_by_a_tag_only_stop_is_found_and_stopped(make_vcluster, 
     environment and so sparkctl's tag: a plain stop by tag (what `down` did
     before the Ray backend) can leave them running. stop_ray finds them by the
     node's own Ray temp dir even when no record is left."""
-    from sparkctl.ops.stop import stop_all
+    from sparkctl.lifecycle.stop import stop_all
 
     cluster, inventory, playbook = setup(make_vcluster, tmp_path, 2, _remove_ray_temp_dirs)
     reporter = RecordingReporter()

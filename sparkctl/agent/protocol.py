@@ -14,10 +14,9 @@ Wire format (one JSON object each way):
 An agent that receives another version answers kind "protocol-version".
 """
 
-import dataclasses
 import sys
 import typing
-from typing import Any, ClassVar, Dict, Generic, List, Optional, Tuple, Type, TypeVar
+from typing import Any, Callable, ClassVar, Dict, Generic, List, Optional, Tuple, Type, TypeVar
 
 PROTOCOL_VERSION = 2  # 1 was the untyped {"op": ..., **payload} of sparkctl <= 0.1
 
@@ -32,9 +31,122 @@ class ProtocolError(ValueError):
 
 
 # --------------------------------------------------------------------------
+# frozen message classes
+# --------------------------------------------------------------------------
+# Like frozen dataclasses (and type-checked as such), without the dataclasses
+# module: importing it and generating code for every class would cost every
+# agent call tens of milliseconds on the node.
+if sys.version_info >= (3, 11):
+    from typing import dataclass_transform
+else:  # a node's older Python: only type checkers read the transform
+
+    def dataclass_transform(**_kwargs: Any) -> Callable[[T], T]:
+        return lambda decorator: decorator
+
+
+_MISSING = object()
+
+
+class _Factory(object):
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+
+def field(*, default_factory: Callable[[], T]) -> T:
+    """A field whose default is made fresh for every message (a dict, say)."""
+    return _Factory(default_factory)  # type: ignore[return-value]
+
+
+class Field(object):
+    __slots__ = ("name", "type", "default")
+
+    def __init__(self, name: str, type_: Any, default: Any) -> None:
+        self.name = name
+        self.type = type_
+        self.default = default
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def message(cls: Type[T]) -> Type[T]:
+    """Make cls a frozen message: keyword/positional __init__ over its annotated
+    fields (ClassVars excluded, base classes first), __eq__, __hash__, __repr__."""
+    fields = {}  # type: Dict[str, Field]
+    for klass in reversed(cls.__mro__):
+        for name, type_ in klass.__dict__.get("__annotations__", {}).items():
+            if typing.get_origin(type_) is ClassVar or type_ is ClassVar:
+                continue
+            default = klass.__dict__.get(name, _MISSING)
+            fields[name] = Field(name, type_, default)
+    for name, fld in fields.items():
+        if isinstance(fld.default, _Factory) and name in cls.__dict__:
+            delattr(cls, name)
+    setattr(cls, "__message_fields__", tuple(fields.values()))
+    setattr(cls, "__init__", _init)
+    setattr(cls, "__setattr__", _frozen)
+    setattr(cls, "__delattr__", _frozen)
+    setattr(cls, "__eq__", _eq)
+    setattr(cls, "__hash__", _hash)
+    setattr(cls, "__repr__", _repr)
+    return cls
+
+
+def fields_of(cls: Any) -> Tuple[Field, ...]:
+    return cls.__message_fields__  # type: ignore[no-any-return]
+
+
+def is_message(tp: Any) -> bool:
+    return isinstance(tp, type) and hasattr(tp, "__message_fields__")
+
+
+def _init(self: Any, *args: Any, **kwargs: Any) -> None:
+    fields = fields_of(type(self))
+    if len(args) > len(fields):
+        raise TypeError("%s takes %d fields, got %d" % (type(self).__name__, len(fields), len(args)))
+    values = dict(zip((f.name for f in fields), args))
+    for name, value in kwargs.items():
+        if name in values:
+            raise TypeError("%s: %s given twice" % (type(self).__name__, name))
+        values[name] = value
+    unknown = set(values) - set(f.name for f in fields)
+    if unknown:
+        raise TypeError("%s: unknown field(s) %s" % (type(self).__name__, ", ".join(sorted(unknown))))
+    for fld in fields:
+        if fld.name in values:
+            value = values[fld.name]
+        elif isinstance(fld.default, _Factory):
+            value = fld.default.make()
+        elif fld.default is not _MISSING:
+            value = fld.default
+        else:
+            raise TypeError("%s: missing field %s" % (type(self).__name__, fld.name))
+        object.__setattr__(self, fld.name, value)
+
+
+def _frozen(self: Any, *_args: Any) -> None:
+    raise AttributeError("%s is frozen" % type(self).__name__)
+
+
+def _values(self: Any) -> Tuple[Any, ...]:
+    return tuple(getattr(self, f.name) for f in fields_of(type(self)))
+
+
+def _eq(self: Any, other: Any) -> bool:
+    return type(self) is type(other) and _values(self) == _values(other)
+
+
+def _hash(self: Any) -> int:
+    return hash((type(self), _values(self)))
+
+
+def _repr(self: Any) -> str:
+    return "%s(%s)" % (type(self).__name__, ", ".join("%s=%r" % (f.name, getattr(self, f.name))
+                                                       for f in fields_of(type(self))))
+
+
+# --------------------------------------------------------------------------
 # replies
 # --------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
+@message
 class ExitInfo:
     """What a waiter recorded when a run-to-completion command ended."""
 
@@ -42,7 +154,7 @@ class ExitInfo:
     ended_at: float
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ProcessRecord:
     """A launch as the node recorded it (written by `launch`, read by `status`)."""
 
@@ -61,7 +173,7 @@ class ProcessRecord:
     hostname: str
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class RecordStatus(ProcessRecord):
     """A recorded launch and whether that very process (pid + start time) lives."""
 
@@ -69,7 +181,7 @@ class RecordStatus(ProcessRecord):
     exit: Optional[ExitInfo] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ProcessInfo:
     """A live process the agent counts as ours, and why (tag, session, descendant)."""
 
@@ -85,7 +197,7 @@ class ProcessInfo:
     cmdline: str
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class PortUse:
     """A requested port something listens on, and the listener."""
 
@@ -95,7 +207,7 @@ class PortUse:
     cmdline: str
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class LogChunk:
     """New bytes of a log since a cursor (the whole tail when it was replaced)."""
 
@@ -107,19 +219,19 @@ class LogChunk:
     skipped: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class StoppedProcess:
     pid: int
     cmdline: str
     why: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class LaunchReply:
     process: ProcessRecord
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class StatusReply:
     records: Tuple[RecordStatus, ...]
     processes: Tuple[ProcessInfo, ...]
@@ -133,7 +245,7 @@ class StatusReply:
         return next((r for r in self.records if r.role == role), None)
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class StopReply:
     clean: bool  # nothing of the prefix is left
     stopped: Tuple[StoppedProcess, ...]
@@ -144,7 +256,7 @@ class StopReply:
     elapsed_s: float
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ExecReply:
     rc: int
     stdout: str
@@ -153,14 +265,14 @@ class ExecReply:
     timed_out: bool = False
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class PathInfo:
     exists: bool
     is_dir: bool
     has_config: bool
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ProbeReply:
     hostname: str
     python: str
@@ -172,7 +284,7 @@ class ProbeReply:
     boot_id: str
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ReadReply:
     path: str
     exists: bool
@@ -182,12 +294,12 @@ class ReadReply:
     error: Optional[str] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class RemoveReply:
     removed: Tuple[str, ...]  # the files that existed and were removed
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class RayProcess:
     """A Ray process on a host, whoever started it (tag "?": its environment is not readable)."""
 
@@ -198,12 +310,12 @@ class RayProcess:
     tag: Optional[str]
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class HostScanReply:
     processes: Tuple[RayProcess, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class RayGroupStopReply:
     leader: str  # "no record" | "gone" | "terminated" | "killed"
     pgid: Optional[int]
@@ -214,7 +326,7 @@ class RayGroupStopReply:
     leader_s: Optional[float] = None  # how long `ray start` took to stop, when it was running
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class FactsReply:
     """The facts are raw observations judged by sparkctl.checks; their sections
     are documented in node_facts' docstring and stay a mapping here."""
@@ -232,7 +344,7 @@ class Request(Generic[R]):
     REPLY: ClassVar[Type[Any]]
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class LaunchRequest(Request[LaunchReply]):
     """Start argv detached (own session, log file, record, tag in its environment)."""
 
@@ -243,20 +355,20 @@ class LaunchRequest(Request[LaunchReply]):
     record: str
     tag: str
     role: str
-    env: Dict[str, str] = dataclasses.field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)
     plan_digest: Optional[str] = None
-    files: Dict[str, str] = dataclasses.field(default_factory=dict)
+    files: Dict[str, str] = field(default_factory=dict)
     exit_file: Optional[str] = None  # a waiter records the exit status there
     cwd: Optional[str] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class LogCursor:
     path: str
     offset: Optional[int] = 0  # None: the last MAX_TAIL bytes
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class StatusRequest(Request[StatusReply]):
     OP: ClassVar[str] = "status"
     REPLY: ClassVar[Type[Any]] = StatusReply
@@ -266,7 +378,7 @@ class StatusRequest(Request[StatusReply]):
     ports: Tuple[int, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class StopRequest(Request[StopReply]):
     OP: ClassVar[str] = "stop"
     REPLY: ClassVar[Type[Any]] = StopReply
@@ -276,7 +388,7 @@ class StopRequest(Request[StopReply]):
     ports: Tuple[int, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ExecRequest(Request[ExecReply]):
     OP: ClassVar[str] = "exec"
     REPLY: ClassVar[Type[Any]] = ExecReply
@@ -284,12 +396,12 @@ class ExecRequest(Request[ExecReply]):
     # A node-side module (a key of client.NODE_MODULES) to run as `argv[0] -c <its source> argv[1:]`:
     # how programs that need another interpreter (vLLM's, Ray's) are shipped.
     program: Optional[str] = None
-    env: Dict[str, str] = dataclasses.field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)
     cwd: Optional[str] = None
     command_timeout_s: Optional[float] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ProbeRequest(Request[ProbeReply]):
     OP: ClassVar[str] = "probe"
     REPLY: ClassVar[Type[Any]] = ProbeReply
@@ -298,7 +410,7 @@ class ProbeRequest(Request[ProbeReply]):
     ports: Tuple[int, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class ReadRequest(Request[ReadReply]):
     OP: ClassVar[str] = "read"
     REPLY: ClassVar[Type[Any]] = ReadReply
@@ -306,7 +418,7 @@ class ReadRequest(Request[ReadReply]):
     limit: int = 64 << 20
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class RemoveRequest(Request[RemoveReply]):
     """Remove files (a stale job result, Ray's ray_current_cluster); missing ones are fine."""
 
@@ -315,7 +427,7 @@ class RemoveRequest(Request[RemoveReply]):
     paths: Tuple[str, ...]
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class HostScanRequest(Request[HostScanReply]):
     """Every Ray process on the host (before `ray stop`, which would kill them all)."""
 
@@ -323,7 +435,7 @@ class HostScanRequest(Request[HostScanReply]):
     REPLY: ClassVar[Type[Any]] = HostScanReply
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class RayGroupStopRequest(Request[RayGroupStopReply]):
     """Stop a node's `ray start --block` by its recorded pid, then what is left of its Ray."""
 
@@ -337,7 +449,7 @@ class RayGroupStopRequest(Request[RayGroupStopReply]):
     starttime: Optional[int] = None
 
 
-@dataclasses.dataclass(frozen=True)
+@message
 class FactsRequest(Request[FactsReply]):
     """See node_facts' docstring for what each key asks for."""
 
@@ -347,7 +459,7 @@ class FactsRequest(Request[FactsReply]):
     model_path: Optional[str] = None
     ports: Tuple[int, ...] = ()
     peers: Tuple[JsonDict, ...] = ()
-    env: Dict[str, str] = dataclasses.field(default_factory=dict)
+    env: Dict[str, str] = field(default_factory=dict)
     vllm_python: Optional[str] = None
     vllm_command: Optional[Tuple[str, ...]] = None
     probe_timeout_s: float = 120.0
@@ -362,12 +474,14 @@ REQUESTS = dict((cls.OP, cls) for cls in (
 # --------------------------------------------------------------------------
 # the codec
 # --------------------------------------------------------------------------
-def to_wire(message: Any) -> JsonDict:
+def to_wire(msg: Any) -> JsonDict:
     """A request or reply as JSON data (dicts, lists and scalars only)."""
-    return _plain(dataclasses.asdict(message))  # type: ignore[no-any-return]
+    return _plain(msg)  # type: ignore[no-any-return]
 
 
 def _plain(value: Any) -> Any:
+    if is_message(type(value)):
+        return dict((f.name, _plain(getattr(value, f.name))) for f in fields_of(type(value)))
     if isinstance(value, dict):
         return dict((k, _plain(v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
@@ -380,16 +494,15 @@ def from_wire(cls: Type[T], data: Any, where: str = "") -> T:
     where = where or cls.__name__
     if not isinstance(data, dict):
         raise ProtocolError("%s: expected an object, got %s" % (where, type(data).__name__))
-    hints = typing.get_type_hints(cls)
-    fields = dict((f.name, f) for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    fields = dict((f.name, f) for f in fields_of(cls))
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ProtocolError("%s: unknown field(s) %s" % (where, ", ".join(unknown)))
     values = {}
-    for name, field in fields.items():
+    for name, fld in fields.items():
         if name in data:
-            values[name] = _convert(hints[name], data[name], "%s.%s" % (where, name))
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            values[name] = _convert(fld.type, data[name], "%s.%s" % (where, name))
+        elif fld.default is _MISSING:
             raise ProtocolError("%s: missing field %s" % (where, name))
     return cls(**values)
 
@@ -413,7 +526,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ProtocolError("%s: expected an object with string keys" % where)
         return dict((k, _convert(args[1], v, "%s[%r]" % (where, k))) for k, v in value.items())
-    if dataclasses.is_dataclass(tp):
+    if is_message(tp):
         return from_wire(tp, value, where)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -11,8 +11,8 @@ from typing import Any
 from sparkctl.inventory import Inventory
 from sparkctl.agent.client import AgentClient
 from sparkctl.backends.common import status_request
-from sparkctl.ops.ray_cluster import RayNodeStop, stop_ray
-from sparkctl.ops.stop import NodeStop, stop_all
+from sparkctl.backends.ray_cluster import RayNodeStop, stop_ray
+from sparkctl.lifecycle.stop import NodeStop, stop_all
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import NodeSession

@@ -25,9 +25,9 @@ from sparkctl.errors import InputError, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import network_plan
-from sparkctl.ops.group import run_group
-from sparkctl.ops.launch import values_or_raise
-from sparkctl.ops.stop import stop_all
+from sparkctl.lifecycle.group import run_group
+from sparkctl.lifecycle.launch import values_or_raise
+from sparkctl.lifecycle.stop import stop_all
 from sparkctl.playbook import Playbook
 from sparkctl.probes import nccl_tests_engine as engine
 from sparkctl.probes.allreduce import ProbeOptions, ProbeReport, analyse, build_job, parse_result

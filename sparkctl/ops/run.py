@@ -33,8 +33,8 @@ from sparkctl.errors import InputError, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.jobs.offline_worker import UnsupportedArgs, read_prompts, translate_vllm_args
 from sparkctl.ops.check import network_plan
-from sparkctl.ops.group import run_group
-from sparkctl.ops.launch import values_or_raise
+from sparkctl.lifecycle.group import run_group
+from sparkctl.lifecycle.launch import values_or_raise
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import ProbeRequest, ReadRequest, RemoveRequest
 from sparkctl.playbook import Playbook, check_against_inventory

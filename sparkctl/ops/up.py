@@ -25,9 +25,9 @@ from sparkctl.inventory import Inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
 from sparkctl.backends.ray import RayPlan
-from sparkctl.ops.launch import launch_specs, plan_digest
-from sparkctl.ops.ray_cluster import launch_ray_backend, prepare_ray, stop_ray
-from sparkctl.ops.stop import stop_all
+from sparkctl.lifecycle.launch import launch_specs, plan_digest
+from sparkctl.backends.ray_cluster import launch_ray_backend, prepare_ray, stop_ray
+from sparkctl.lifecycle.stop import stop_all
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import NodeSession

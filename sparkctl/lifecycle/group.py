@@ -16,8 +16,8 @@ from sparkctl.agent.protocol import LogCursor
 from sparkctl.backends.common import ProcessSpec, log_path, status_request
 from sparkctl.errors import DeadlineExceeded, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
-from sparkctl.ops.launch import launch_specs
-from sparkctl.ops.stop import stop_all
+from sparkctl.lifecycle.launch import launch_specs
+from sparkctl.lifecycle.stop import stop_all
 from sparkctl.progress import Reporter
 
 POLL_S = 0.5

@@ -47,8 +47,8 @@ from sparkctl.backends.ray import (
 from sparkctl.errors import DeadlineExceeded, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
-from sparkctl.ops.launch import launch_specs, values_or_raise
-from sparkctl.ops.stop import NodeStop, stop_all
+from sparkctl.lifecycle.launch import launch_specs, values_or_raise
+from sparkctl.lifecycle.stop import NodeStop, stop_all
 from sparkctl.playbook import Playbook, ray_command
 from sparkctl.progress import Reporter
 
