@@ -50,16 +50,32 @@ EXTRA_MODULES = {
     "launch": ("sparkctl.agent.node_waiter",),
 }
 
-# Installs the shipped modules under an empty `sparkctl.agent` package (so an
+# The one piece of node-side code that cannot be a module: it receives them.
+# It installs the shipped modules under an empty `sparkctl.agent` package (so an
 # installed sparkctl of another version is never imported), dependencies first,
-# the agent last, and answers the request.
+# the agent last, and answers the request. Compiled code is cached on the node
+# by the hash of the interpreter's version and the source, because compiling
+# ~100 kB of source was most of an agent call's own time.
 BOOTSTRAP = (
-    "import sys,json,types;d=json.loads(sys.stdin.readline())\n"
+    "import sys,json,types,os,marshal,hashlib;d=json.loads(sys.stdin.readline());c=d.get('cache')\n"
+    "def code(n,s):\n"
+    " if not c:return compile(s,n,'exec')\n"
+    " k=os.path.join(os.path.expanduser(c),n+'-'+hashlib.sha256((sys.version+s).encode()).hexdigest()[:32])\n"
+    " try:\n"
+    "  with open(k,'rb') as f:return marshal.load(f)\n"
+    " except (OSError,ValueError,EOFError,TypeError):pass\n"
+    " o=compile(s,n,'exec')\n"
+    " try:\n"
+    "  os.makedirs(os.path.dirname(k),0o700,exist_ok=True);t=k+'.%d'%os.getpid()\n"
+    "  with open(t,'wb') as f:marshal.dump(o,f)\n"
+    "  os.replace(t,k)\n"
+    " except OSError:pass\n"
+    " return o\n"
     "for n in ('sparkctl','sparkctl.agent'):\n"
     " m=types.ModuleType(n);m.__path__=[];sys.modules[n]=m\n"
     "for n,s in d['mods']:\n"
-    " m=types.ModuleType(n);m.__source__=s;sys.modules[n]=m;p,_,c=n.rpartition('.');setattr(sys.modules[p],c,m)\n"
-    " exec(compile(s,n,'exec'),m.__dict__)\n"
+    " m=types.ModuleType(n);m.__source__=s;sys.modules[n]=m;p,_,x=n.rpartition('.');setattr(sys.modules[p],x,m)\n"
+    " exec(code(n,s),m.__dict__)\n"
     "sys.modules['sparkctl.agent.node_agent'].respond(d['req'])"
 )
 
@@ -80,19 +96,21 @@ def _modules(extra: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(name, module_source(name)) for name in (*BASE_MODULES, *extra, AGENT_MODULE)]
 
 
-def request_stdin(request: Request[Any]) -> bytes:
-    """What the bootstrap reads: the node-side modules and the request, one JSON line."""
+def request_stdin(request: Request[Any], *, cache_dir: str | None = None) -> bytes:
+    """What the bootstrap reads: the node-side modules, the request, and where the
+    node may cache compiled modules (None: nowhere), one JSON line."""
     extra = EXTRA_MODULES.get(request.OP, ())
     program = getattr(request, "program", None)
     if program is not None:
         extra = (*extra, program)
-    message = {"mods": _modules(extra), "req": protocol.encode_request(request)}
+    message = {"mods": _modules(extra), "req": protocol.encode_request(request), "cache": cache_dir}
     return (json.dumps(message) + "\n").encode()
 
 
 def call(runner: Runner, node: Node, request: Request[R], *, timeout_s: float = 60.0) -> R:
     """Run one agent operation on a node and return its typed reply (raising AgentError on failure)."""
-    result = runner.run([node.python, "-c", BOOTSTRAP], stdin=request_stdin(request), timeout_s=timeout_s)
+    stdin = request_stdin(request, cache_dir=f"{node.workdir.rstrip('/')}/agent-cache")
+    result = runner.run([node.python, "-c", BOOTSTRAP], stdin=stdin, timeout_s=timeout_s)
     message = _parse_reply(result.text())
     if message is None:
         raise AgentError(node.name, _no_reply_message(node, result.returncode, result.error_text()),

@@ -10,9 +10,8 @@ from typing import Any
 
 from sparkctl.inventory import Inventory
 from sparkctl.agent.client import AgentClient
-from sparkctl.backends.common import status_request
-from sparkctl.backends.ray_cluster import RayNodeStop, stop_ray
-from sparkctl.lifecycle.stop import NodeStop, stop_all
+from sparkctl.backends.serving import backend_found
+from sparkctl.lifecycle.stop import NodeStop
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import NodeSession
@@ -61,35 +60,9 @@ def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None 
             grace_s = playbook.stop_grace_s if playbook is not None else DEFAULT_GRACE_S
         with NodeSession(inventory) as session:
             nodes = AgentClient(inventory, session)
-            ray = None
-            if (state or {}).get("backend") == "ray" or _ray_recorded(nodes, inventory):
-                ray = stop_ray(nodes, inventory, reporter, grace_s=grace_s)
-            results = stop_all(nodes, inventory, grace_s=grace_s, ports=ports, reporter=reporter)
-        if ray is not None:
-            _merge_ray(results, ray)
+            backend = backend_found(nodes, inventory, (state or {}).get("backend"))
+            results = backend.stop(nodes, reporter, grace_s=grace_s, ports=ports)
         result = DownResult(inventory.cluster, results, had_state=state is not None)
         if result.clean:
             store.clear()
         return result
-
-
-def _ray_recorded(nodes: AgentClient, inventory: Inventory) -> bool:
-    """Whether any node keeps a record of a Ray this cluster started (state may be lost)."""
-    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n, "ray"), timeout_s=30)
-    replies = [o.value for o in outcomes.values() if o.value is not None]
-    return any(r.record("ray") is not None or r.processes for r in replies)
-
-
-def _merge_ray(results: dict[str, NodeStop], ray: dict[str, RayNodeStop]) -> None:
-    """One report per node: what stop_ray stopped counts as stopped; what it could not, as a failure."""
-    for name, stopped in ray.items():
-        node = results.setdefault(name, NodeStop(name))
-        ray_pids = {p.get("pid") for p in stopped.stopped}
-        node.stopped = [*stopped.stopped, *[p for p in node.stopped if p.get("pid") not in ray_pids]]
-        if stopped.clean:
-            continue
-        if stopped.error and node.error is None:
-            node.error = stopped.error  # the node could not be asked
-        elif not stopped.error:
-            survivors = (stopped.ray.remaining if stopped.ray else []) or stopped.group.get("remaining") or []
-            node.remaining.extend(survivors or [{"pid": None, "cmdline": stopped.refused or "Ray left processes"}])

@@ -10,7 +10,7 @@ from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import RecordStatus, to_wire
 from sparkctl.backends.common import status_request
 from sparkctl.inventory import Inventory
-from sparkctl.backends.ray_cluster import ray_view
+from sparkctl.backends.serving import backend_found
 from sparkctl.playbook import Playbook
 from sparkctl.remote.session import NodeSession
 from sparkctl.serve.endpoint import Endpoint
