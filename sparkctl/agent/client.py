@@ -9,9 +9,10 @@ sparkctl.agent.protocol, checked on both sides.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from typing import Any, TypeVar
 
@@ -165,6 +166,16 @@ class AgentClient:
             if outcome.error is not None and not isinstance(outcome.error, SparkctlError):
                 raise outcome.error
         return outcomes
+
+
+@contextlib.contextmanager
+def connect(inventory: Inventory) -> Iterator[AgentClient]:
+    """An agent client over one runner per node (SSH or local), closed on exit."""
+    with NodeSession(inventory) as session:
+        yield AgentClient(inventory, session)
+
+
+Connect = Callable[[Inventory], contextlib.AbstractContextManager[AgentClient]]
 
 
 def _parse_reply(stdout: str) -> Any:

@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparkctl.inventory import Inventory
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import Connect, connect
 from sparkctl.backends.serving import backend_found
 from sparkctl.lifecycle.stop import NodeStop
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
-from sparkctl.remote.session import NodeSession
 from sparkctl.state import StateStore
 
 DEFAULT_GRACE_S = 30.0
@@ -49,7 +48,8 @@ class DownResult:
         }
 
 
-def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None = None, grace_s: float | None = None) -> DownResult:
+def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None = None, grace_s: float | None = None,
+         connect: Connect = connect) -> DownResult:
     store = StateStore.for_cluster(inventory.cluster)
     with store.locked("down"):
         state = store.load()
@@ -58,8 +58,7 @@ def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None 
             ports = {inventory.head.name: [playbook.port, playbook.master_port]}
         if grace_s is None:
             grace_s = playbook.stop_grace_s if playbook is not None else DEFAULT_GRACE_S
-        with NodeSession(inventory) as session:
-            nodes = AgentClient(inventory, session)
+        with connect(inventory) as nodes:
             backend = backend_found(nodes, inventory, (state or {}).get("backend"))
             results = backend.stop(nodes, reporter, grace_s=grace_s, ports=ports)
         result = DownResult(inventory.cluster, results, had_state=state is not None)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessRecord
 from sparkctl.backends.common import ProcessSpec, status_request
 from sparkctl.backends.serving import backend_for, backend_found
@@ -75,6 +75,7 @@ def up(
     *,
     environ: Mapping[str, str] | None = None,
     ignore_checks: set[str] | frozenset[str] = frozenset(),
+    connect: Connect = connect,
 ) -> UpResult:
     environ = os.environ if environ is None else environ
     problems = check_against_inventory(playbook, inventory)
@@ -83,8 +84,8 @@ def up(
     secrets = forwarded_secrets(playbook, environ)
     store = StateStore.for_cluster(inventory.cluster)
     started_at = time.monotonic()
-    with store.locked("up"), NodeSession(inventory) as session:
-        run = _UpRun(inventory, playbook, reporter, AgentClient(inventory, session), store, secrets)
+    with store.locked("up"), connect(inventory) as nodes:
+        run = _UpRun(inventory, playbook, reporter, nodes, store, secrets)
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
         run.plan()
         current = _already_serving(run.nodes, inventory, run.serve_plan.specs, run.endpoint, playbook)
