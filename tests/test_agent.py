@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sparkctl.agent import node_agent
-from sparkctl.agent.client import AgentError, call_agent
+from sparkctl.agent import node_agent, node_proc
+from sparkctl.agent import protocol
+from sparkctl.agent.client import AgentError, call
 from sparkctl.inventory import Node
 from sparkctl.remote.local import LocalRunner
 
@@ -25,6 +26,13 @@ def make_node(name: str = "n1") -> Node:
                 role="head", env={}, python=sys.executable, workdir="~/.sparkctl", gpus=1, index=0)
 
 
+def call_agent(runner, node, op: str, **payload) -> dict:
+    """A request built from keywords through the typed client; the reply as JSON data
+    (a stop reply's `ok` is whether it is clean)."""
+    reply = call(runner, node, protocol.from_wire(protocol.REQUESTS[op], payload))
+    return {"ok": getattr(reply, "clean", True), **protocol.to_wire(reply)}
+
+
 @pytest.fixture
 def agent(tmp_path):
     node = make_node()
@@ -32,15 +40,15 @@ def agent(tmp_path):
     prefix = f"test-{os.getpid()}-{tmp_path.name}/n1/"
     started: list[int] = []
 
-    def call(op: str, **payload):
+    def agent_call(op: str, **payload):
         reply = call_agent(runner, node, op, **payload)
-        if op == "launch" and reply.get("ok"):
+        if op == "launch":
             started.append(reply["process"]["pid"])
         return reply
 
-    call.prefix = prefix  # type: ignore[attr-defined]
-    call.tmp = tmp_path  # type: ignore[attr-defined]
-    yield call
+    agent_call.prefix = prefix  # type: ignore[attr-defined]
+    agent_call.tmp = tmp_path  # type: ignore[attr-defined]
+    yield agent_call
     # Never leave a test process behind, even when the test failed half-way.
     call_agent(runner, node, "stop", tag_prefix=prefix, grace_s=1)
     for pid in started:
@@ -233,8 +241,8 @@ def test_read_returns_text_or_says_missing(agent):
 def test_ipv4_without_iproute2_uses_the_kernel_ioctls():
     """Minimal images have no `ip`; the ioctl fallback must agree with it on the
     primary address of every interface."""
-    full, source, _ = node_agent.ipv4_by_interface()
-    fallback = node_agent._ipv4_via_ioctl()
+    full, source, _ = node_proc.ipv4_by_interface()
+    fallback = node_proc._ipv4_via_ioctl()
     assert source == "ip" and fallback["lo"] == ["127.0.0.1/8"]
     for name, cidrs in full.items():
         if cidrs:
@@ -289,3 +297,17 @@ def test_a_reused_session_number_is_not_ours(agent, tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_probe_reads_pips_long_path_launcher_like_check_does(agent, tmp_path):
+    """A venv whose path is too long for a #! line gets pip's `#!/bin/sh` launcher; the
+    probe op (nccl-probe, the Ray backend) must find the Python it execs, as check does."""
+    from sparkctl.agent import node_facts
+
+    python = "/" + "very-long-venv-path/" * 8 + "bin/python3"
+    script = tmp_path / "vllm"
+    script.write_text(f"#!/bin/sh\n'''exec' {python} \"$0\" \"$@\"\n' '''\nimport sys\n")
+    script.chmod(0o755)
+    reply = agent("probe", commands=[str(script)])
+    assert reply["interpreters"][str(script)] == python
+    assert node_facts.find_vllm_python({"vllm_command": [str(script)]})[0] == python

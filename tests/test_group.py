@@ -15,8 +15,8 @@ from sparkctl.agent import node_agent
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
 from sparkctl.errors import OperationFailed
 from sparkctl.inventory import load_inventory
-from sparkctl.ops.group import run_group
-from sparkctl.ops.nodes import Nodes
+from sparkctl.lifecycle.group import run_group
+from sparkctl.agent.client import AgentClient
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession
 from tests.conftest import REPO, local_pair_processes, network_plans
@@ -46,7 +46,7 @@ dist.destroy_process_group()
 def local_pair():
     inventory = load_inventory(str(REPO / "inventories" / "local.yaml"))
     with NodeSession(inventory) as session:
-        yield inventory, Nodes(inventory, session)
+        yield inventory, AgentClient(inventory, session)
     assert local_pair_processes() == []
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkctl.agent import client
+from sparkctl.agent import client, protocol
 from sparkctl.agent import node_facts as nf
 
 TESTS = Path(__file__).parent
@@ -483,12 +483,19 @@ def test_node_facts_is_python38_syntax():
         assert newer not in SOURCE, newer  # 3.9+ APIs and annotations the grammar check cannot see
 
 
-def test_node_facts_imports_only_the_standard_library():
-    tree = ast.parse(SOURCE)
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
-    assert names <= set(sys.stdlib_module_names), names - set(sys.stdlib_module_names)
+@pytest.mark.parametrize("module", sorted(client.NODE_MODULES))
+def test_node_modules_import_only_the_standard_library_and_each_other(module):
+    """What ships to a node finds there only the standard library and the other shipped modules."""
+    source = Path(importlib.util.find_spec(module).origin).read_text()
+    ast.parse(source, feature_version=(3, 8))
+    imported: set[str] = set()
+    for node in ast.parse(source).body:  # programs for vLLM's or Ray's Python import those inside functions
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported |= {f"{node.module}.{a.name}" if node.module == "sparkctl.agent" else node.module for a in node.names}
+    foreign = {n for n in imported if n.split(".")[0] not in sys.stdlib_module_names and n not in client.NODE_MODULES}
+    assert not foreign, foreign
 
 
 def test_gather_as_shipped_by_the_agent_client(tmp_path):
@@ -498,17 +505,18 @@ def test_gather_as_shipped_by_the_agent_client(tmp_path):
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
     port = listener.getsockname()[1]
-    request = {"op": "facts", "sections": ["rdma", "netdevs", "ports", "env"], "ports": [port],
-               "env": {"NCCL_IB_HCA": "=rocep1s0f1,roceP2p1s0f1"}}
-    stdin = json.dumps({"mods": client._modules(("sparkctl_node_facts",)), "req": request}) + "\n"
+    request = protocol.FactsRequest(sections=("rdma", "netdevs", "ports", "env"), ports=(port,),
+                                    env={"NCCL_IB_HCA": "=rocep1s0f1,roceP2p1s0f1"})
+    stdin = client.request_stdin(request)
     env = {"PATH": os.environ["PATH"], "SPARKCTL_SYSFS_ROOT": str(SYSFS / "spark-healthy-b")}
     try:
-        proc = subprocess.run([python, "-I", "-c", client.BOOTSTRAP], input=stdin.encode(), capture_output=True,
+        proc = subprocess.run([python, "-I", "-c", client.BOOTSTRAP], input=stdin, capture_output=True,
                               env=env, cwd=tmp_path, timeout=60)
     finally:
         listener.close()
-    reply = client._parse_reply(proc.stdout.decode())
-    assert reply is not None, proc.stderr.decode()
+    message = client._parse_reply(proc.stdout.decode())
+    assert message is not None, proc.stderr.decode()
+    reply = client.decode_reply("b", request, message).facts
     assert reply["ok"] is True
     assert reply["interfaces"]["enp1s0f1np1"] == ["192.168.100.11/24"]
     assert port1(reply, "roceP2p1s0f1")["gids"][3]["ipv4"] == "192.168.101.11"

@@ -12,7 +12,7 @@ from sparkctl.backends.mp import plan_mp
 from sparkctl.errors import InputError
 from sparkctl.inventory import load_inventory
 from sparkctl.checks.fabric import interface_for
-from sparkctl.ops.launch import plan_digest
+from sparkctl.lifecycle.launch import plan_digest
 from sparkctl.ops.up import endpoint_url, forwarded_secrets
 from sparkctl.playbook import check_against_inventory, load_playbook
 from tests.conftest import network_plans

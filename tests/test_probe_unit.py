@@ -550,6 +550,15 @@ def test_checks_serialise():
 
 
 # ---------------------------------------------------------------- ops helpers (pure parts)
+def typed_probe_reply(**fields):
+    """An agent `probe` reply with only the given fields filled in."""
+    from sparkctl.agent.protocol import ProbeReply, from_wire
+
+    empty = {"hostname": "h", "python": "3.12", "paths": {}, "commands": {}, "interpreters": {}, "in_use": [],
+             "interfaces": {}, "boot_id": "b"}
+    return from_wire(ProbeReply, {**empty, **fields})
+
+
 def test_interpreter_discovery(inventory, tmp_path):
     from sparkctl.ops.probe import _pythons
     from sparkctl.playbook import load_playbook
@@ -557,13 +566,13 @@ def test_interpreter_discovery(inventory, tmp_path):
     pb_path = tmp_path / "pb.yaml"
     pb_path.write_text("model: /models/m\ntensor_parallel_size: 2\n")  # vllm command: `vllm`
     playbook = load_playbook(str(pb_path))
-    facts = {"spark-a": {"interpreters": {"vllm": "/opt/venv/bin/python3"}},
-             "spark-b": {"interpreters": {"vllm": "/usr/bin/python3.12"}}}
+    facts = {"spark-a": typed_probe_reply(interpreters={"vllm": "/opt/venv/bin/python3"}),
+             "spark-b": typed_probe_reply(interpreters={"vllm": "/usr/bin/python3.12"})}
     assert _pythons(inventory, playbook, facts, None) == {"spark-a": "/opt/venv/bin/python3",
                                                            "spark-b": "/usr/bin/python3.12"}
     assert _pythons(inventory, playbook, facts, "/x/python") == {"spark-a": "/x/python", "spark-b": "/x/python"}
     assert _pythons(inventory, None, {}, None) == {"spark-a": "python3", "spark-b": "python3"}
-    facts["spark-b"] = {"interpreters": {"vllm": None}}
+    facts["spark-b"] = typed_probe_reply(interpreters={"vllm": None})
     with pytest.raises(OperationFailed, match="spark-b") as caught:
         _pythons(inventory, playbook, facts, None)
     assert "--python" in caught.value.hint
@@ -574,7 +583,8 @@ def test_interpreter_discovery(inventory, tmp_path):
 def test_rendezvous_port_choice():
     from sparkctl.ops.probe import _master_port
 
-    busy = {"in_use": [{"port": 29500, "pid": 7, "cmdline": "ray"}, {"port": 29501, "pid": 8, "cmdline": "x"}]}
+    busy = typed_probe_reply(in_use=[{"port": 29500, "pid": 7, "tag": None, "cmdline": "ray"},
+                               {"port": 29501, "pid": 8, "tag": None, "cmdline": "x"}])
     assert _master_port(busy, ProbeOptions()) == 29502
     assert _master_port(busy, ProbeOptions(master_port=29600)) == 29600
     with pytest.raises(InputError, match="29500 is in use"):

@@ -20,8 +20,9 @@ from sparkctl.backends.ray import temp_dir
 from sparkctl.errors import SparkctlError
 from sparkctl.inventory import load_inventory
 from sparkctl.ops.check import network_plan
-from sparkctl.ops.nodes import Nodes
-from sparkctl.ops.ray_cluster import launch_ray_backend, prepare_ray, ray_view, start_ray_cluster, stop_ray
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import ReadRequest
+from sparkctl.backends.ray_cluster import launch_ray_backend, prepare_ray, ray_view, start_ray_cluster, stop_ray
 from sparkctl.playbook import check_against_inventory, load_playbook
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession
@@ -69,7 +70,7 @@ def setup(make_vcluster, tmp_path: Path, n: int, made: list, **ray):
     return cluster, inventory, playbook
 
 
-def network_plans(nodes: Nodes, inventory, playbook):
+def network_plans(nodes: AgentClient, inventory, playbook):
     """The per-host plan exactly as `up` derives it (every node's facts)."""
     return network_plan(nodes, inventory, playbook)
 
@@ -88,7 +89,7 @@ def test_ray_cluster_joins_every_node_and_stops_cleanly(make_vcluster, tmp_path,
     reporter = RecordingReporter()
     try:
         with NodeSession(inventory) as session:
-            nodes = Nodes(inventory, session)
+            nodes = AgentClient(inventory, session)
             plans = network_plans(nodes, inventory, playbook)
             started = time.monotonic()
             ray = start_ray_cluster(nodes, inventory, playbook, plans, reporter)
@@ -126,7 +127,7 @@ def test_ray_cluster_joins_every_node_and_stops_cleanly(make_vcluster, tmp_path,
         assert_nothing_left(cluster, inventory)
     finally:
         with NodeSession(inventory) as session:
-            stop_ray(Nodes(inventory, session), inventory, reporter, grace_s=5)
+            stop_ray(AgentClient(inventory, session), inventory, reporter, grace_s=5)
     print(f"\nRay bring-up across {n} nodes: {TIMINGS[f'ray_bringup_{n}_nodes_s']}s "
           f"(head {ray.timings.get('head_s')}s, all joined {ray.timings.get('join_s')}s); "
           f"stop {TIMINGS[f'ray_stop_{n}_nodes_s']}s")
@@ -145,7 +146,7 @@ def test_busy_gcs_port_moves_to_a_free_one(make_vcluster, tmp_path, _remove_ray_
         time.sleep(1.5)
         reporter = RecordingReporter()
         with NodeSession(inventory) as session:
-            nodes = Nodes(inventory, session)
+            nodes = AgentClient(inventory, session)
             plan = prepare_ray(nodes, inventory, playbook, network_plans(nodes, inventory, playbook), reporter)
         assert plan.gcs_port == 6380 and plan.gcs_address.endswith(":6380")
         assert any("port 6379 for Ray's GCS is in use; using 6380" in m for _, _, m in reporter.events)
@@ -161,7 +162,7 @@ def test_worker_that_cannot_reach_the_head_is_named_with_a_hint(make_vcluster, t
     reporter = RecordingReporter()
     try:
         with NodeSession(inventory) as session:
-            nodes = Nodes(inventory, session)
+            nodes = AgentClient(inventory, session)
             plans = network_plans(nodes, inventory, playbook)
             cluster.set_fabric_link("node1", False)
             with pytest.raises(SparkctlError) as caught:
@@ -176,7 +177,7 @@ def test_worker_that_cannot_reach_the_head_is_named_with_a_hint(make_vcluster, t
     finally:
         cluster.set_fabric_link("node1", True)
         with NodeSession(inventory) as session:
-            stop_ray(Nodes(inventory, session), inventory, reporter, grace_s=5)
+            stop_ray(AgentClient(inventory, session), inventory, reporter, grace_s=5)
 
 
 def test_up_path_on_cpu_reaches_vllms_own_ray_error_then_everything_stops(make_vcluster, tmp_path, _remove_ray_temp_dirs):
@@ -187,17 +188,17 @@ def test_up_path_on_cpu_reaches_vllms_own_ray_error_then_everything_stops(make_v
     reporter = RecordingReporter()
     try:
         with NodeSession(inventory) as session:
-            nodes = Nodes(inventory, session)
+            nodes = AgentClient(inventory, session)
             plans = network_plans(nodes, inventory, playbook)
             launch = launch_ray_backend(nodes, inventory, playbook, plans, {}, reporter)
             assert [s.role for s in launch.specs] == ["vllm", "ray"]
-            assert launch.launched["node0"]["argv"][-4:] == ["--host", "0.0.0.0", "--port", "8013"]
+            assert list(launch.launched["node0"].argv)[-4:] == ["--host", "0.0.0.0", "--port", "8013"]
             endpoint = Endpoint(f"http://{cluster.nodes[0].mgmt_ip}:8013", timeout_s=5)
             with pytest.raises(NotReady) as caught:
                 wait_until_ready(nodes, inventory, launch.specs, endpoint, playbook.served_model_name,
                                  deadline=time.monotonic() + 300, reporter=reporter, started_at=time.monotonic())
             assert caught.value.node == "node0" and "vLLM exited during start-up" in caught.value.message
-            log = nodes.call(inventory.head, "read", path=log_path(inventory.head, inventory.cluster, "vllm"))["data"]
+            log = nodes.call(inventory.head, ReadRequest(path=log_path(inventory.head, inventory.cluster, "vllm"))).data
             # vLLM really joined this Ray cluster (RAY_ADDRESS), not a Ray of its own, then refused on CPU
             assert f"Connecting to existing Ray cluster at address: {launch.plan.gcs_address}" in log, log[-3000:]
             assert "ValueError: current platform cpu does not support ray." in log
@@ -206,7 +207,7 @@ def test_up_path_on_cpu_reaches_vllms_own_ray_error_then_everything_stops(make_v
         assert_nothing_left(cluster, inventory)
     finally:
         with NodeSession(inventory) as session:
-            stop_ray(Nodes(inventory, session), inventory, reporter, grace_s=5)
+            stop_ray(AgentClient(inventory, session), inventory, reporter, grace_s=5)
 
 
 def test_ray_left_behind_by_a_tag_only_stop_is_found_and_stopped(make_vcluster, tmp_path, _remove_ray_temp_dirs):
@@ -214,13 +215,13 @@ def test_ray_left_behind_by_a_tag_only_stop_is_found_and_stopped(make_vcluster, 
     environment and so sparkctl's tag: a plain stop by tag (what `down` did
     before the Ray backend) can leave them running. stop_ray finds them by the
     node's own Ray temp dir even when no record is left."""
-    from sparkctl.ops.stop import stop_all
+    from sparkctl.lifecycle.stop import stop_all
 
     cluster, inventory, playbook = setup(make_vcluster, tmp_path, 2, _remove_ray_temp_dirs)
     reporter = RecordingReporter()
     try:
         with NodeSession(inventory) as session:
-            nodes = Nodes(inventory, session)
+            nodes = AgentClient(inventory, session)
             start_ray_cluster(nodes, inventory, playbook, network_plans(nodes, inventory, playbook), reporter)
             stop_all(nodes, inventory, grace_s=3, ports={}, reporter=reporter)  # by tag only; removes the records
             leftovers = {n.name: [c.strip() for c in cluster.processes_besides_sshd(n, settle_s=0) if not c.startswith("sshd")] for n in cluster.nodes}
@@ -233,7 +234,7 @@ def test_ray_left_behind_by_a_tag_only_stop_is_found_and_stopped(make_vcluster, 
         assert_nothing_left(cluster, inventory)
     finally:
         with NodeSession(inventory) as session:
-            stop_ray(Nodes(inventory, session), inventory, reporter, grace_s=5)
+            stop_ray(AgentClient(inventory, session), inventory, reporter, grace_s=5)
 
 
 def test_sparkctl_up_with_ray_on_cpu_fails_with_the_cause_and_leaves_nothing(make_vcluster, tmp_path, _remove_ray_temp_dirs):
@@ -264,7 +265,7 @@ def test_down_without_state_stops_a_ray_cluster(make_vcluster, tmp_path, _remove
     cluster, inventory, playbook = setup(make_vcluster, tmp_path, 2, _remove_ray_temp_dirs)
     inv = str(tmp_path / "inv.yaml")
     with NodeSession(inventory) as session:
-        nodes = Nodes(inventory, session)
+        nodes = AgentClient(inventory, session)
         start_ray_cluster(nodes, inventory, playbook, network_plans(nodes, inventory, playbook), RecordingReporter())
     status = sparkctl("status", "-i", inv, "--json")
     view = jsonlib.loads(status.stdout)["ray"]

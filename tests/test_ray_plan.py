@@ -33,7 +33,7 @@ from sparkctl.backends.ray import (
 from sparkctl.errors import InputError
 from sparkctl.inventory import load_inventory
 from sparkctl.netplan import HostPlan
-from sparkctl.ops.ray_cluster import ray_stop_allowed
+from sparkctl.backends.ray_cluster import ray_stop_allowed
 from sparkctl.playbook import check_against_inventory, load_playbook, ray_command
 from tests.conftest import REPO, sparkctl
 

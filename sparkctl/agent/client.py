@@ -1,32 +1,83 @@
-"""Controller side of the node agent: send its source and a request over stdin,
-read back one JSON result. Values never travel in argv: BOOTSTRAP is a fixed
-string and everything else (environment values and secrets included) is on stdin."""
+"""Controller side of the node agent: the typed client every command uses to
+talk to the nodes.
+
+The agent's source and one request travel on stdin to `python3 -c BOOTSTRAP`;
+values never travel in argv (BOOTSTRAP is a fixed string; environment values
+and secrets are in the request). Requests and replies are the frozen types of
+sparkctl.agent.protocol, checked on both sides.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
-from sparkctl.errors import OperationFailed
-from sparkctl.inventory import Node
+from sparkctl.agent import protocol
+from sparkctl.agent.protocol import ProtocolError, Request
+from sparkctl.errors import OperationFailed, SparkctlError
+from sparkctl.inventory import Inventory, Node
 from sparkctl.remote.base import Runner
+from sparkctl.remote.session import NodeSession, Outcome, fan_out
+
+R = TypeVar("R")
 
 RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
 
-# Node-side modules (standard library only), by the name they get on the node.
+# Node-side modules (standard library only) by their name in the package; they
+# keep that name on the node, so they import each other as they do here.
 NODE_MODULES = {
-    "sparkctl_node_agent": "node_agent.py",
-    "sparkctl_node_facts": "node_facts.py",
+    "sparkctl.agent.protocol": "protocol.py",
+    "sparkctl.agent.node_proc": "node_proc.py",
+    "sparkctl.agent.node_facts": "node_facts.py",
+    "sparkctl.agent.vllm_probe": "vllm_probe.py",
+    "sparkctl.agent.node_ray": "node_ray.py",
+    "sparkctl.agent.node_waiter": "node_waiter.py",
+    "sparkctl.agent.ray_view": "ray_view.py",
+    "sparkctl.agent.torch_check": "torch_check.py",
+    "sparkctl.agent.node_agent": "node_agent.py",
+}
+BASE_MODULES = ("sparkctl.agent.protocol", "sparkctl.agent.node_proc")
+AGENT_MODULE = "sparkctl.agent.node_agent"
+# Operations that need more than the base modules (the launch waiter runs in a
+# process of its own, from the source the agent was sent).
+EXTRA_MODULES = {
+    "facts": ("sparkctl.agent.vllm_probe", "sparkctl.agent.node_facts"),
+    "host_scan": ("sparkctl.agent.node_ray",),
+    "ray_group_stop": ("sparkctl.agent.node_ray",),
+    "launch": ("sparkctl.agent.node_waiter",),
 }
 
-# Installs the shipped modules (dependencies first, the agent last) and answers the request.
+# The one piece of node-side code that cannot be a module: it receives them.
+# It installs the shipped modules under an empty `sparkctl.agent` package (so an
+# installed sparkctl of another version is never imported), dependencies first,
+# the agent last, and answers the request. Compiled code is cached on the node
+# by the hash of the interpreter's version and the source, because compiling
+# ~100 kB of source was most of an agent call's own time.
 BOOTSTRAP = (
-    "import sys,json,types;d=json.loads(sys.stdin.readline())\n"
+    "import sys,json,types,os,marshal,hashlib;d=json.loads(sys.stdin.readline());c=d.get('cache')\n"
+    "def code(n,s):\n"
+    " if not c:return compile(s,n,'exec')\n"
+    " k=os.path.join(os.path.expanduser(c),n+'-'+hashlib.sha256((sys.version+s).encode()).hexdigest()[:32])\n"
+    " try:\n"
+    "  with open(k,'rb') as f:return marshal.load(f)\n"
+    " except (OSError,ValueError,EOFError,TypeError):pass\n"
+    " o=compile(s,n,'exec')\n"
+    " try:\n"
+    "  os.makedirs(os.path.dirname(k),0o700,exist_ok=True);t=k+'.%d'%os.getpid()\n"
+    "  with open(t,'wb') as f:marshal.dump(o,f)\n"
+    "  os.replace(t,k)\n"
+    " except OSError:pass\n"
+    " return o\n"
+    "for n in ('sparkctl','sparkctl.agent'):\n"
+    " m=types.ModuleType(n);m.__path__=[];sys.modules[n]=m\n"
     "for n,s in d['mods']:\n"
-    " m=types.ModuleType(n);sys.modules[n]=m;exec(compile(s,n,'exec'),m.__dict__)\n"
-    "sys.modules['sparkctl_node_agent'].respond(d['req'])"
+    " m=types.ModuleType(n);m.__source__=s;sys.modules[n]=m;p,_,x=n.rpartition('.');setattr(sys.modules[p],x,m)\n"
+    " exec(code(n,s),m.__dict__)\n"
+    "sys.modules['sparkctl.agent.node_agent'].respond(d['req'])"
 )
 
 
@@ -43,35 +94,91 @@ def module_source(name: str) -> str:
 
 
 def _modules(extra: tuple[str, ...]) -> list[tuple[str, str]]:
-    return [(name, module_source(name)) for name in (*extra, "sparkctl_node_agent")]
+    return [(name, module_source(name)) for name in (*BASE_MODULES, *extra, AGENT_MODULE)]
 
 
-def call_agent(
-    runner: Runner,
-    node: Node,
-    op: str,
-    *,
-    timeout_s: float = 60.0,
-    modules: tuple[str, ...] = (),
-    **payload: Any,
-) -> dict:
-    """Run one agent operation on a node and return its result (raising on failure).
+def request_stdin(request: Request[Any], *, cache_dir: str | None = None) -> bytes:
+    """What the bootstrap reads: the node-side modules, the request, and where the
+    node may cache compiled modules (None: nowhere), one JSON line."""
+    extra = EXTRA_MODULES.get(request.OP, ())
+    program = getattr(request, "program", None)
+    if program is not None:
+        extra = (*extra, program)
+    message = {"mods": _modules(extra), "req": protocol.encode_request(request), "cache": cache_dir}
+    return (json.dumps(message) + "\n").encode()
 
-    `modules` names extra node-side modules (keys of NODE_MODULES) that the
-    operation needs; they are shipped with the agent on stdin."""
-    request = {"op": op, **payload}
-    stdin = (json.dumps({"mods": _modules(modules), "req": request}) + "\n").encode()
+
+def call(runner: Runner, node: Node, request: Request[R], *, timeout_s: float = 60.0) -> R:
+    """Run one agent operation on a node and return its typed reply (raising AgentError on failure)."""
+    stdin = request_stdin(request, cache_dir=f"{node.workdir.rstrip('/')}/agent-cache")
     result = runner.run([node.python, "-c", BOOTSTRAP], stdin=stdin, timeout_s=timeout_s)
-    reply = _parse_reply(result.text())
-    if reply is None:
+    message = _parse_reply(result.text())
+    if message is None:
         raise AgentError(node.name, _no_reply_message(node, result.returncode, result.error_text()),
                          hint=_no_reply_hint(node, result.returncode, result.error_text()))
-    if not reply.get("ok", False) and op not in {"stop"}:
-        raise AgentError(node.name, f"{op} failed: {reply.get('error', 'unknown error')}", kind=reply.get("kind"))
+    return decode_reply(node.name, request, message)
+
+
+def decode_reply(node: str, request: Request[R], message: Any) -> R:
+    """The reply to request, checked against its type; agent failures become AgentError."""
+    if not isinstance(message, dict) or message.get("v", 1) != protocol.PROTOCOL_VERSION:
+        got = message.get("v", 1) if isinstance(message, dict) else None  # version 1 had no "v"
+        raise AgentError(node, f"the node agent speaks protocol {got!r}, this sparkctl speaks "
+                               f"{protocol.PROTOCOL_VERSION}", kind="protocol-version",
+                         hint="use the same sparkctl version on the controller and wherever the agent comes from")
+    if not message.get("ok"):
+        kind = message.get("kind")
+        hint = ("use the same sparkctl version on the controller and wherever the agent comes from"
+                if kind == "protocol-version" else None)
+        raise AgentError(node, f"{request.OP} failed: {message.get('error', 'unknown error')}", kind=kind, hint=hint)
+    try:
+        reply: R = protocol.from_wire(request.REPLY, message.get("reply"), f"{request.OP} reply")
+    except ProtocolError as exc:
+        raise AgentError(node, f"the node agent's reply does not match the protocol: {exc}",
+                         kind="bad-reply") from None
     return reply
 
 
-def _parse_reply(stdout: str) -> dict | None:
+class AgentClient:
+    """Typed agent calls on one node or on all of them, over a NodeSession."""
+
+    def __init__(self, inventory: Inventory, session: NodeSession):
+        self.inventory = inventory
+        self.session = session
+
+    def call(self, node: Node, request: Request[R], *, timeout_s: float = 60.0) -> R:
+        return call(self.session.runner(node), node, request, timeout_s=timeout_s)
+
+    def call_all(
+        self,
+        request: Callable[[Node], Request[R]],
+        *,
+        nodes: Iterable[Node] | None = None,
+        timeout_s: float = 60.0,
+    ) -> dict[str, Outcome[R]]:
+        """One request per node, all at once; every node's outcome is returned.
+
+        Node failures (SparkctlError: unreachable, agent errors, timeouts) are
+        outcomes; anything else is a bug and is raised, not reported per node."""
+        targets = list(nodes) if nodes is not None else list(self.inventory.nodes)
+        outcomes = fan_out(targets, lambda node: self.call(node, request(node), timeout_s=timeout_s))
+        for outcome in outcomes.values():
+            if outcome.error is not None and not isinstance(outcome.error, SparkctlError):
+                raise outcome.error
+        return outcomes
+
+
+@contextlib.contextmanager
+def connect(inventory: Inventory) -> Iterator[AgentClient]:
+    """An agent client over one runner per node (SSH or local), closed on exit."""
+    with NodeSession(inventory) as session:
+        yield AgentClient(inventory, session)
+
+
+Connect = Callable[[Inventory], contextlib.AbstractContextManager[AgentClient]]
+
+
+def _parse_reply(stdout: str) -> Any:
     # Login scripts may print to stdout; the result is the last marked line.
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_MARKER):

@@ -22,81 +22,26 @@ import subprocess
 import sys
 import time
 
+from sparkctl.agent import protocol
+from sparkctl.agent.node_proc import (
+    TAG_VAR,
+    all_pids,
+    boot_id,
+    clock_ticks,
+    ipv4_by_interface,
+    module_source,
+    is_alive,
+    ports_in_use,
+    ports_of,
+    proc_cmdline,
+    proc_stat,
+    proc_tag,
+    script_interpreter,
+    uptime_s,
+)
+
 RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
-TAG_VAR = "SPARKCTL_TAG"
 MAX_TAIL = 256 * 1024
-
-
-# --------------------------------------------------------------------------
-# /proc helpers
-# --------------------------------------------------------------------------
-def _read(path, limit=1 << 20):
-    with open(path, "rb") as handle:
-        return handle.read(limit)
-
-
-def proc_stat(pid):
-    """(state, ppid, pgid, starttime, sid) of a pid, or None when it is gone."""
-    try:
-        raw = _read("/proc/%d/stat" % pid).decode("utf-8", "replace")
-    except (OSError, ValueError):
-        return None
-    # comm may contain spaces and parentheses: split after the last ')'.
-    rest = raw[raw.rfind(")") + 2:].split()
-    try:
-        return rest[0], int(rest[1]), int(rest[2]), int(rest[19]), int(rest[3])
-    except (IndexError, ValueError):
-        return None
-
-
-def proc_tag(pid):
-    try:
-        env = _read("/proc/%d/environ" % pid)
-    except OSError:
-        return None
-    prefix = (TAG_VAR + "=").encode()
-    for entry in env.split(b"\0"):
-        if entry.startswith(prefix):
-            return entry[len(prefix):].decode("utf-8", "replace")
-    return None
-
-
-def proc_cmdline(pid, limit=400):
-    try:
-        raw = _read("/proc/%d/cmdline" % pid, 8192)
-    except OSError:
-        return ""
-    text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
-    return text[:limit]
-
-
-def all_pids():
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            pids.append(int(name))
-    return pids
-
-
-def boot_id():
-    try:
-        return _read("/proc/sys/kernel/random/boot_id").decode().strip()
-    except OSError:
-        return ""
-
-
-def clock_ticks():
-    try:
-        return os.sysconf("SC_CLK_TCK")
-    except (ValueError, OSError):
-        return 100
-
-
-def uptime_s():
-    try:
-        return float(_read("/proc/uptime").split()[0])
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def our_sessions(prefix, record_dir):
@@ -169,85 +114,6 @@ def tagged_processes(prefix):
     return our_processes(prefix, None)
 
 
-def is_alive(pid, starttime):
-    """True when pid exists, is not a zombie and is the same process (start time)."""
-    stat = proc_stat(pid)
-    return stat is not None and stat[0] != "Z" and stat[3] == starttime
-
-
-# --------------------------------------------------------------------------
-# sockets
-# --------------------------------------------------------------------------
-def listening_sockets():
-    """{inode: port} for every TCP socket in LISTEN state in this network namespace."""
-    result = {}
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = _read(table, 64 << 20).decode().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 10 or fields[3] != "0A":
-                continue
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            result[int(fields[9])] = port
-    return result
-
-
-def socket_owners(inodes, pids=None):
-    """{inode: pid} for the given socket inodes, looking at pids (default: all)."""
-    owners = {}
-    wanted = set(inodes)
-    for pid in pids if pids is not None else all_pids():
-        try:
-            fds = os.listdir("/proc/%d/fd" % pid)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inode = int(target[8:-1])
-                if inode in wanted:
-                    owners.setdefault(inode, pid)
-    return owners
-
-
-def ports_in_use(ports):
-    """For each requested port that something listens on: the listener's pid and tag."""
-    listening = listening_sockets()
-    hits = dict((inode, port) for inode, port in listening.items() if port in set(ports))
-    if not hits:
-        return []
-    owners = socket_owners(hits.keys())
-    out = []
-    seen = set()
-    for inode, port in sorted(hits.items(), key=lambda item: item[1]):
-        pid = owners.get(inode)
-        key = (port, pid)
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(
-            {
-                "port": port,
-                "pid": pid,
-                "tag": proc_tag(pid) if pid else None,
-                "cmdline": proc_cmdline(pid, 200) if pid else "",
-            }
-        )
-    return out
-
-
-def ports_of(pids):
-    listening = listening_sockets()
-    owners = socket_owners(listening.keys(), pids)
-    return sorted(set(listening[inode] for inode in owners))
-
-
 # --------------------------------------------------------------------------
 # operations
 # --------------------------------------------------------------------------
@@ -274,22 +140,6 @@ def _rotate(log, keep=3):
     os.replace(log, log + ".1")
 
 
-# Runs as the session leader in front of a command whose exit status matters
-# (torchrun groups): it waits, forwards termination signals, and records the
-# status in a file, because a detached process's status is otherwise lost.
-WAITER = (
-    "import json,os,signal,subprocess,sys,time\n"
-    "out=sys.argv[1];p=subprocess.Popen(sys.argv[2:])\n"
-    "def fwd(s,f):\n"
-    "  try: p.send_signal(s)\n"
-    "  except OSError: pass\n"
-    "for s in (signal.SIGTERM,signal.SIGINT,signal.SIGHUP): signal.signal(s,fwd)\n"
-    "rc=p.wait()\n"
-    "open(out+'.tmp','w').write(json.dumps({'returncode':rc,'ended_at':time.time()}));os.replace(out+'.tmp',out)\n"
-    "sys.exit(0 if rc==0 else 1)\n"
-)
-
-
 def _write_files(files):
     """Files a launch needs on the node (e.g. a probe script), written privately."""
     written = []
@@ -304,32 +154,53 @@ def _write_files(files):
     return written
 
 
+class OpFailed(Exception):
+    """An operation that could not do what it was asked (the controller raises AgentError)."""
+
+    def __init__(self, message, kind):
+        Exception.__init__(self, message)
+        self.kind = kind
+
+
 def op_launch(req):
     """Start argv detached: own session and process group, stdio to a log file,
     surviving the SSH session. Returns what was started, as observed.
 
-    With "exit_file", a small waiter leads the group and records the command's
+    With exit_file, a small waiter leads the group and records the command's
     exit status there when it ends."""
-    argv = req["argv"]
-    log = _expand(req["log"])
-    record = _expand(req["record"])
-    cwd = _expand(req.get("cwd") or "~")
+    argv = list(req.argv)
+    log = _expand(req.log)
+    record = _expand(req.record)
+    cwd = _expand(req.cwd or "~")
     for folder in (os.path.dirname(log), os.path.dirname(record)):
         os.makedirs(folder, mode=0o700, exist_ok=True)
     _rotate(log)
-    _write_files(req.get("files"))
+    _write_files(req.files)
     env = dict(os.environ)
-    env.update(req.get("env") or {})
-    env[TAG_VAR] = req["tag"]
+    env.update(req.env)
+    env[TAG_VAR] = req.tag
     if shutil.which(argv[0], path=env.get("PATH")) is None and not os.path.exists(argv[0]):
-        return {"ok": False, "error": "command not found on this node: %s" % argv[0], "kind": "command-not-found"}
-    exit_file = _expand(req["exit_file"]) if req.get("exit_file") else None
+        raise OpFailed("command not found on this node: %s" % argv[0], "command-not-found")
+    exit_file = _expand(req.exit_file) if req.exit_file else None
     if exit_file:
         try:
             os.unlink(exit_file)
         except OSError:
             pass
-        argv = [sys.executable, "-c", WAITER, exit_file] + list(argv)
+        argv = [sys.executable, "-c", module_source("sparkctl.agent.node_waiter"), exit_file] + argv
+    pid = _spawn_detached(argv, env, log, cwd)
+    stat = proc_stat(pid)
+    process = protocol.ProcessRecord(
+        role=req.role, pid=pid, pgid=pid, starttime=stat[3] if stat else None, boot_id=boot_id(), tag=req.tag,
+        log=log, argv=tuple(req.argv), env_keys=tuple(sorted(req.env)), plan_digest=req.plan_digest,
+        exit_file=exit_file, started_at=time.time(), hostname=socket.gethostname(),
+    )
+    _write_json_atomic(record, protocol.to_wire(process))
+    return protocol.LaunchReply(process=process)
+
+
+def _spawn_detached(argv, env, log, cwd):
+    """fork, setsid, stdio to the log, exec; the pid, or OpFailed with why exec failed."""
     read_end, write_end = os.pipe()  # both close-on-exec: EOF on exec success
     pid = os.fork()
     if pid == 0:  # child
@@ -360,28 +231,12 @@ def op_launch(req):
     os.close(read_end)
     if failure:
         os.waitpid(pid, 0)
-        return {"ok": False, "error": failure.decode("utf-8", "replace"), "kind": "exec-failed"}
-    stat = proc_stat(pid)
-    info = {
-        "role": req.get("role", "process"),
-        "pid": pid,
-        "pgid": pid,
-        "starttime": stat[3] if stat else None,
-        "boot_id": boot_id(),
-        "tag": req["tag"],
-        "log": log,
-        "argv": req["argv"],
-        "env_keys": sorted((req.get("env") or {}).keys()),
-        "plan_digest": req.get("plan_digest"),
-        "exit_file": exit_file,
-        "started_at": time.time(),
-        "hostname": socket.gethostname(),
-    }
-    _write_json_atomic(record, info)
-    return {"ok": True, "process": info}
+        raise OpFailed(failure.decode("utf-8", "replace"), "exec-failed")
+    return pid
 
 
 def _records(record_dir):
+    """The launch records in record_dir (as written by op_launch); unreadable ones are skipped."""
     records = []
     folder = _expand(record_dir)
     try:
@@ -399,12 +254,22 @@ def _records(record_dir):
     return records
 
 
+def _typed_records(record_dir):
+    typed = []
+    for rec in _records(record_dir):
+        try:
+            typed.append(protocol.from_wire(protocol.ProcessRecord, rec))
+        except protocol.ProtocolError:
+            continue  # a record another version wrote; its processes are still found by tag
+    return typed
+
+
 def _read_from(path, offset):
     """New bytes of a log since offset (restarting when the file was replaced)."""
     try:
         size = os.path.getsize(path)
     except OSError:
-        return {"path": path, "exists": False, "data": "", "offset": 0, "size": 0}
+        return protocol.LogChunk(path=path, exists=False, data="", offset=0, size=0)
     if offset is None or offset < 0:
         offset = max(0, size - MAX_TAIL)
     if offset > size:
@@ -413,42 +278,45 @@ def _read_from(path, offset):
     with open(path, "rb") as handle:
         handle.seek(start)
         data = handle.read(size - start)
-    return {
-        "path": path,
-        "exists": True,
-        "data": data.decode("utf-8", "replace"),
-        "offset": start + len(data),
-        "size": size,
-        "skipped": start - offset,
-    }
+    return protocol.LogChunk(path=path, exists=True, data=data.decode("utf-8", "replace"), offset=start + len(data),
+                             size=size, skipped=start - offset)
+
+
+def _exit_info(exit_file):
+    if not exit_file:
+        return None
+    try:
+        with open(exit_file) as handle:
+            return protocol.from_wire(protocol.ExitInfo, json.load(handle))
+    except (OSError, ValueError):  # not written yet (ProtocolError is a ValueError)
+        return None
+
+
+def _process_infos(procs):
+    return tuple(protocol.ProcessInfo(**p) for p in procs)
+
+
+def _port_uses(ports):
+    return tuple(protocol.PortUse(**hit) for hit in ports_in_use(list(ports)))
 
 
 def op_status(req):
-    prefix = req["tag_prefix"]
     current_boot = boot_id()
     records = []
-    for rec in _records(req["record_dir"]):
-        same_boot = rec.get("boot_id") == current_boot
-        alive = bool(same_boot and rec.get("pid") and is_alive(rec["pid"], rec.get("starttime")))
-        exit_info = None
-        if rec.get("exit_file"):
-            try:
-                with open(rec["exit_file"]) as handle:
-                    exit_info = json.load(handle)
-            except (OSError, ValueError):
-                exit_info = None
-        records.append(dict(rec, alive=alive, exit=exit_info))
-    procs = our_processes(prefix, req["record_dir"])
-    logs = [_read_from(_expand(item["path"]), item.get("offset")) for item in req.get("logs") or []]
-    return {
-        "ok": True,
-        "records": records,
-        "processes": procs,
-        "ports": ports_of([p["pid"] for p in procs]) if procs else [],
-        "in_use": ports_in_use(req.get("ports") or []),
-        "logs": logs,
-        "boot_id": current_boot,
-    }
+    for rec in _typed_records(req.record_dir):
+        alive = bool(rec.boot_id == current_boot and rec.pid and rec.starttime is not None
+                     and is_alive(rec.pid, rec.starttime))
+        fields = dict((f, getattr(rec, f)) for f in protocol.to_wire(rec))
+        records.append(protocol.RecordStatus(alive=alive, exit=_exit_info(rec.exit_file), **fields))
+    procs = our_processes(req.tag_prefix, req.record_dir)
+    return protocol.StatusReply(
+        records=tuple(records),
+        processes=_process_infos(procs),
+        ports=tuple(ports_of([p["pid"] for p in procs]) if procs else ()),
+        in_use=_port_uses(req.ports),
+        logs=tuple(_read_from(_expand(cursor.path), cursor.offset) for cursor in req.logs),
+        boot_id=current_boot,
+    )
 
 
 def _signal_targets(procs, sig):
@@ -479,200 +347,151 @@ def _signal_targets(procs, sig):
 def op_stop(req):
     """SIGTERM everything of the prefix (tag, session, descendants), wait,
     SIGKILL what is left, verify."""
-    prefix = req["tag_prefix"]
-    record_dir = req.get("record_dir")
-    grace = float(req.get("grace_s", 30))
+    prefix = req.tag_prefix
     started = time.time()
 
     def ours():
-        return our_processes(prefix, record_dir)
+        return our_processes(prefix, req.record_dir)
 
     procs = ours()
-    stopped = [{"pid": p["pid"], "cmdline": p["cmdline"][:200], "why": p["why"]} for p in procs]
+    stopped = tuple(protocol.StoppedProcess(pid=p["pid"], cmdline=p["cmdline"][:200], why=p["why"]) for p in procs)
     killed = []
     if procs:
-        _signal_targets(procs, signal.SIGTERM)
-        deadline = started + grace
-        while time.time() < deadline:
-            procs = ours()
-            if not procs:
-                break
-            time.sleep(0.2)
-        procs = ours()
-        if procs:
-            killed = [p["pid"] for p in procs]
-            _signal_targets(procs, signal.SIGKILL)
-            kill_deadline = time.time() + 10
-            while time.time() < kill_deadline and ours():
-                time.sleep(0.1)
+        killed = _terminate(ours, procs, req.grace_s)
     remaining = ours()
+    removed = [] if remaining or not req.record_dir else _remove_records(req.record_dir, prefix)
+    return protocol.StopReply(
+        clean=not remaining,
+        stopped=stopped,
+        killed=tuple(killed),
+        remaining=_process_infos(remaining),
+        in_use=_port_uses(req.ports),
+        records_removed=tuple(removed),
+        elapsed_s=round(time.time() - started, 2),
+    )
+
+
+def _terminate(ours, procs, grace_s):
+    """SIGTERM, wait up to grace_s, SIGKILL what is left; the pids that needed SIGKILL."""
+    _signal_targets(procs, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        procs = ours()
+        if not procs:
+            break
+        time.sleep(0.2)
+    procs = ours()
+    if not procs:
+        return []
+    _signal_targets(procs, signal.SIGKILL)
+    kill_deadline = time.time() + 10
+    while time.time() < kill_deadline and ours():
+        time.sleep(0.1)
+    return [p["pid"] for p in procs]
+
+
+def _remove_records(record_dir, prefix):
+    folder = _expand(record_dir)
     removed = []
-    if not remaining and req.get("record_dir"):
-        folder = _expand(req["record_dir"])
-        for rec in _records(folder):
-            if not str(rec.get("tag", "")).startswith(prefix):
-                continue
-            path = os.path.join(folder, "%s.json" % rec.get("role", "process"))
-            try:
-                os.unlink(path)
-                removed.append(path)
-            except OSError:
-                pass
-    return {
-        "ok": not remaining,
-        "stopped": stopped,
-        "killed": killed,
-        "remaining": remaining,
-        "in_use": ports_in_use(req.get("ports") or []),
-        "records_removed": removed,
-        "elapsed_s": round(time.time() - started, 2),
-    }
+    for rec in _records(folder):
+        if not str(rec.get("tag", "")).startswith(prefix):
+            continue
+        path = os.path.join(folder, "%s.json" % rec.get("role", "process"))
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
 
 
 def op_exec(req):
     env = dict(os.environ)
-    env.update(req.get("env") or {})
+    env.update(req.env)
     started = time.time()
+    argv = list(req.argv)
+    if req.program:  # a shipped module, run under the interpreter argv[0] names
+        argv[1:1] = ["-c", module_source(req.program)]
     try:
         proc = subprocess.Popen(
-            req["argv"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=_expand(req.get("cwd") or "~"), start_new_session=True,
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=_expand(req.cwd or "~"), start_new_session=True,
         )
     except OSError as exc:
         code = 127 if exc.errno == errno.ENOENT else 126
-        return {"ok": True, "rc": code, "stdout": "", "stderr": "%s: %s\n" % (req["argv"][0], exc.strerror),
-                "duration_s": 0.0}
+        return protocol.ExecReply(rc=code, stdout="", stderr="%s: %s\n" % (req.argv[0], exc.strerror), duration_s=0.0)
+    timed_out = False
     try:
-        out, err = proc.communicate(timeout=req.get("command_timeout_s"))
+        out, err = proc.communicate(timeout=req.command_timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        return {"ok": True, "rc": 124, "timed_out": True, "stdout": out.decode("utf-8", "replace"),
-                "stderr": err.decode("utf-8", "replace"), "duration_s": round(time.time() - started, 3)}
-    return {"ok": True, "rc": proc.returncode, "stdout": out.decode("utf-8", "replace"),
-            "stderr": err.decode("utf-8", "replace"), "duration_s": round(time.time() - started, 3)}
-
-
-def ipv4_by_interface():
-    """({ifname: [ipv4/prefix, ...]}, source, note). `ip -j -4 addr` when iproute2
-    is there (every address); else the kernel's ioctls (the primary address of
-    each interface), because minimal container images ship without iproute2."""
-    ip = shutil.which("ip") or ("/usr/sbin/ip" if os.path.exists("/usr/sbin/ip") else None)
-    note = None
-    if ip is not None:
-        try:
-            proc = subprocess.run([ip, "-j", "-4", "addr", "show"], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=10)
-            if proc.returncode == 0:
-                result = {}
-                for link in json.loads(proc.stdout.decode() or "[]"):
-                    if isinstance(link, dict) and link.get("ifname"):
-                        result[link["ifname"]] = ["%s/%s" % (a.get("local"), a.get("prefixlen"))
-                                                  for a in link.get("addr_info", []) if a.get("local")]
-                return result, "ip", None
-            note = "ip -j -4 addr exited %d: %s" % (proc.returncode, proc.stderr.decode("utf-8", "replace")[-200:])
-        except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            note = "ip -j -4 addr: %s" % exc
-    else:
-        note = "iproute2 `ip` not found: primary IPv4 addresses read with ioctl"
-    return _ipv4_via_ioctl(), "ioctl", note
-
-
-def _ipv4_via_ioctl():
-    import fcntl
-    import struct
-
-    siocgifaddr, siocgifnetmask = 0x8915, 0x891B
-    result = {}
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _, name in socket.if_nameindex():
-            request = struct.pack("256s", name.encode()[:15])
-            try:
-                addr = socket.inet_ntoa(fcntl.ioctl(sock.fileno(), siocgifaddr, request)[20:24])
-                mask = fcntl.ioctl(sock.fileno(), siocgifnetmask, request)[20:24]
-            except OSError:  # no IPv4 address on this interface
-                result[name] = []
-                continue
-            prefix = bin(struct.unpack("!I", mask)[0]).count("1")
-            result[name] = ["%s/%d" % (addr, prefix)]
-    finally:
-        sock.close()
-    return result
-
-
-def script_interpreter(path):
-    """The interpreter a script names in its #! line (a `vllm` console script
-    names the Python that has vLLM and torch), or the path itself when it is
-    a Python binary; None otherwise."""
-    name = os.path.basename(path)
-    if name.startswith("python"):
-        return path
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline(512)
-    except OSError:
-        return None
-    if not first.startswith(b"#!"):
-        return None
-    parts = first[2:].decode("utf-8", "replace").split()
-    if not parts:
-        return None
-    if os.path.basename(parts[0]) == "env" and len(parts) > 1:
-        return shutil.which(parts[1]) or parts[1]
-    return parts[0]
+        timed_out = True
+    return protocol.ExecReply(
+        rc=124 if timed_out else proc.returncode, stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"), duration_s=round(time.time() - started, 3), timed_out=timed_out,
+    )
 
 
 def op_probe(req):
     """Cheap facts `up` needs before starting anything."""
     paths = {}
-    for path in req.get("paths") or []:
+    for path in req.paths:
         full = _expand(path)
-        paths[path] = {
-            "exists": os.path.exists(full),
-            "is_dir": os.path.isdir(full),
-            "has_config": os.path.isfile(os.path.join(full, "config.json")),
-        }
+        paths[path] = protocol.PathInfo(
+            exists=os.path.exists(full),
+            is_dir=os.path.isdir(full),
+            has_config=os.path.isfile(os.path.join(full, "config.json")),
+        )
     commands = {}
     interpreters = {}
-    for command in req.get("commands") or []:
+    for command in req.commands:
         found = shutil.which(command) if os.sep not in command else (command if os.access(command, os.X_OK) else None)
         commands[command] = found
         interpreters[command] = script_interpreter(found) if found else None
-    return {
-        "ok": True,
-        "hostname": socket.gethostname(),
-        "python": sys.version.split()[0],
-        "paths": paths,
-        "commands": commands,
-        "interpreters": interpreters,
-        "in_use": ports_in_use(req.get("ports") or []),
-        "interfaces": ipv4_by_interface()[0],
-        "boot_id": boot_id(),
-    }
+    return protocol.ProbeReply(
+        hostname=socket.gethostname(),
+        python=sys.version.split()[0],
+        paths=paths,
+        commands=commands,
+        interpreters=interpreters,
+        in_use=_port_uses(req.ports),
+        interfaces=ipv4_by_interface()[0],
+        boot_id=boot_id(),
+    )
 
 
 def op_read(req):
     """A file's text (e.g. a job's results), capped; missing is not an error."""
-    path = _expand(req["path"])
-    limit = int(req.get("limit", 64 << 20))
+    path = _expand(req.path)
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as handle:
-            data = handle.read(limit)
+            data = handle.read(req.limit)
     except OSError as exc:
-        return {"ok": True, "exists": False, "error": exc.strerror, "path": path}
-    return {"ok": True, "exists": True, "path": path, "size": size, "truncated": size > limit,
-            "data": data.decode("utf-8", "replace")}
+        return protocol.ReadReply(path=path, exists=False, error=exc.strerror)
+    return protocol.ReadReply(path=path, exists=True, size=size, truncated=size > req.limit,
+                              data=data.decode("utf-8", "replace"))
+
+
+def op_remove(req):
+    removed = []
+    for path in req.paths:
+        full = _expand(path)
+        try:
+            os.unlink(full)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+    return protocol.RemoveReply(removed=tuple(removed))
 
 
 def op_facts(req):
     """Everything `sparkctl check` needs to know about this node (see node_facts.py)."""
-    try:
-        import sparkctl_node_facts as facts  # shipped by the controller with this op
-    except ImportError:  # running inside the package (tests)
-        from sparkctl.agent import node_facts as facts
-    return facts.gather(req)
+    from sparkctl.agent import node_facts  # shipped by the controller with this op only
+
+    wanted = dict((k, v) for k, v in protocol.to_wire(req).items() if v is not None)
+    return protocol.FactsReply(facts=node_facts.gather(wanted))
 
 
 OPS = {
@@ -683,24 +502,38 @@ OPS = {
     "probe": op_probe,
     "facts": op_facts,
     "read": op_read,
+    "remove": op_remove,
+    "host_scan": lambda req: _node_ray().op_host_scan(req),
+    "ray_group_stop": lambda req: _node_ray().op_ray_group_stop(req),
 }
 
 
-def handle(request):
-    op = OPS.get(request.get("op"))
-    if op is None:
-        return {"ok": False, "error": "unknown op %r" % request.get("op"), "kind": "bad-request"}
+def _node_ray():
+    from sparkctl.agent import node_ray  # shipped by the controller with these ops only
+
+    return node_ray
+
+
+def handle(message):
+    """One wire request -> one wire reply; every failure is a reply, never a hung channel."""
     try:
-        return op(request)
+        request = protocol.decode_request(message)
+    except protocol.VersionMismatch as exc:
+        return protocol.error_reply(str(exc), "protocol-version")
+    except protocol.ProtocolError as exc:
+        return protocol.error_reply(str(exc), "bad-request")
+    try:
+        return protocol.ok_reply(OPS[request.OP](request))
+    except OpFailed as exc:
+        return protocol.error_reply(str(exc), exc.kind)
     except Exception as exc:  # noqa: BLE001 - the controller gets the failure, not a hung channel
         import traceback
 
-        return {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc), "kind": "agent-error",
-                "traceback": traceback.format_exc()[-4000:]}
+        reply = protocol.error_reply("%s: %s" % (type(exc).__name__, exc), "agent-error")
+        reply["traceback"] = traceback.format_exc()[-4000:]
+        return reply
 
 
-def respond(request):
-    sys.stdout.write(RESULT_MARKER + json.dumps(handle(request)) + "\n")
+def respond(message):
+    sys.stdout.write(RESULT_MARKER + json.dumps(handle(message)) + "\n")
     sys.stdout.flush()
-
-

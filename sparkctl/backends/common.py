@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sparkctl.agent.protocol import LogCursor, StatusRequest
 from sparkctl.inventory import Node
 from sparkctl.playbook import Playbook
 
@@ -37,6 +38,12 @@ def tag_prefix(cluster: str, node: Node, role: str | None = None) -> str:
     node's prefix (everything), a probe's cleanup only its own role."""
     prefix = f"{cluster}/{node.name}/"
     return f"{prefix}{role}/" if role else prefix
+
+
+def status_request(cluster: str, node: Node, role: str | None = None, *,
+                   logs: tuple[LogCursor, ...] = ()) -> StatusRequest:
+    """The agent's `status` of what this cluster (or one role of it) runs on node."""
+    return StatusRequest(tag_prefix=tag_prefix(cluster, node, role), record_dir=record_dir(node, cluster), logs=logs)
 
 
 def serve_argv(playbook: Playbook, executor: str) -> list[str]:

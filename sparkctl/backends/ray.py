@@ -1,6 +1,6 @@
 """The Ray backend (`backend: ray`): plan Ray on every node, then `vllm serve
 --distributed-executor-backend ray` on the head. Pure: argv/env builders and
-checks over data; nothing here talks to a node (see sparkctl.ops.ray_cluster).
+checks over data; nothing here talks to a node (see sparkctl.backends.ray_cluster).
 
 Per node, `ray start --block` runs under sparkctl's tag (so `down` stops it by
 its pid and process group), with

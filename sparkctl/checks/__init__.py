@@ -4,9 +4,9 @@ Pure functions over the facts each node reports (sparkctl/agent/node_facts.py);
 no I/O here. Typical use on the controller:
 
     spec = ClusterSpec.from_config(inventory, playbook)
-    facts = {node: call_agent(..., "facts", modules=("sparkctl_node_facts",), **facts_request(spec, node))}
+    facts = {node: AgentClient.call(node, from_wire(FactsRequest, facts_request(spec, node))).facts}
     plan = derive_plan(spec, facts)
-    # second round: facts[node]["reach"] = call_agent(..., **reach_request(spec, facts, plan, node))["reach"]
+    # second round: facts[node]["reach"] = AgentClient.call(node, from_wire(FactsRequest, reach_request(...))).facts["reach"]
     report = check_cluster(spec, facts, timing={node: (sent_at, received_at)})
     print(render_text(report)); exit(report.exit_code)
 

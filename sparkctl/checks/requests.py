@@ -2,9 +2,9 @@
 
 Two rounds, one SSH round trip per node each, both in parallel over the nodes:
 
-    1. call_agent(..., "facts", modules=("sparkctl_node_facts",), **facts_request(spec, node))
+    1. AgentClient.call(node, from_wire(FactsRequest, facts_request(spec, node)))
        -> facts per node; derive_plan(spec, facts) -> the plan
-    2. call_agent(..., "facts", modules=("sparkctl_node_facts",), **reach_request(spec, facts, plan, node))
+    2. AgentClient.call(node, from_wire(FactsRequest, reach_request(spec, facts, plan, node)))
        -> merge: facts[node]["reach"] = reply["reach"]
 
 Round 2 needs round 1 (the peers' twin addresses and MTUs are facts). Give the

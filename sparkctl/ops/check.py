@@ -10,20 +10,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import FactsRequest, from_wire
 from sparkctl.checks import ClusterSpec, CheckReport, NetworkPlan, check_cluster, derive_plan
 from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
 from sparkctl.checks.findings import Status
 from sparkctl.errors import ConnectionFailed, InputError, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
-from sparkctl.ops.nodes import Nodes
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
 from sparkctl.remote.result import NodeUnavailable
 from sparkctl.remote.session import NodeSession, fan_out
-
-FACTS_MODULES = ("sparkctl_node_facts",)
-
 
 @dataclass
 class Facts:
@@ -34,12 +32,12 @@ class Facts:
     unreachable: dict[str, NodeUnavailable]
 
 
-def gather_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts:
+def gather_facts(nodes: AgentClient, spec: ClusterSpec, inventory: Inventory) -> Facts:
     def ask(node: Node) -> tuple[dict[str, Any], tuple[float, float]]:
         sent = time.time()
-        reply = nodes.call(node, "facts", modules=FACTS_MODULES, timeout_s=DEFAULT_PROBE_TIMEOUT_S + 60,
-                           **facts_request(spec, node.name))
-        return reply, (sent, time.time())
+        request = from_wire(FactsRequest, facts_request(spec, node.name))
+        reply = nodes.call(node, request, timeout_s=DEFAULT_PROBE_TIMEOUT_S + 60)
+        return reply.facts, (sent, time.time())
 
     outcomes = fan_out(inventory.nodes, ask)
     facts: dict[str, dict[str, Any] | None] = {}
@@ -57,7 +55,7 @@ def gather_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts
     return Facts(facts, timing, unreachable)
 
 
-def reachable_facts(nodes: Nodes, spec: ClusterSpec, inventory: Inventory) -> Facts:
+def reachable_facts(nodes: AgentClient, spec: ClusterSpec, inventory: Inventory) -> Facts:
     """Every node's facts; commands that start processes cannot go on without all of them."""
     facts = gather_facts(nodes, spec, inventory)
     if facts.unreachable:
@@ -78,27 +76,26 @@ def host_plans(spec: ClusterSpec, facts: Facts) -> dict[str, HostPlan]:
     return derive_plan(spec, facts.by_node).require()
 
 
-def network_plan(nodes: Nodes, inventory: Inventory, playbook: Playbook | None) -> dict[str, HostPlan]:
+def network_plan(nodes: AgentClient, inventory: Inventory, playbook: Playbook | None) -> dict[str, HostPlan]:
     """Facts from every node, then the per-host plan: for probes and jobs that need no checks."""
     spec = ClusterSpec.from_config(inventory, playbook)
     return host_plans(spec, reachable_facts(nodes, spec, inventory))
 
 
-def probe_reach(nodes: Nodes, spec: ClusterSpec, inventory: Inventory, facts: Facts, plan: NetworkPlan) -> None:
+def probe_reach(nodes: AgentClient, spec: ClusterSpec, inventory: Inventory, facts: Facts, plan: NetworkPlan) -> None:
     """Round 2: every node pings every peer on the fabric (jumbo, don't fragment); merged into the facts."""
     askable = [n for n in inventory.nodes if (facts.by_node.get(n.name) or {}).get("ok")]
     if len(inventory.nodes) < 2 or not askable:
         return
     outcomes = nodes.call_all(
-        "facts",
-        lambda n: reach_request(spec, facts.by_node, plan, n.name, twins=_twins_exist(facts.by_node.get(n.name))),
+        lambda n: from_wire(FactsRequest, reach_request(spec, facts.by_node, plan, n.name,
+                                                        twins=_twins_exist(facts.by_node.get(n.name)))),
         nodes=askable,
-        modules=FACTS_MODULES,
         timeout_s=120,
     )
     for name, outcome in outcomes.items():
         if outcome.error is None and outcome.value is not None:
-            facts.by_node[name]["reach"] = outcome.value.get("reach")  # type: ignore[index]
+            facts.by_node[name]["reach"] = outcome.value.facts.get("reach")  # type: ignore[index]
 
 
 def _twins_exist(node_facts: dict[str, Any] | None) -> bool:
@@ -110,7 +107,7 @@ def _twins_exist(node_facts: dict[str, Any] | None) -> bool:
 def run_check(inventory: Inventory, playbook: Playbook | None, reporter: Reporter) -> tuple[CheckReport, Facts]:
     spec = ClusterSpec.from_config(inventory, playbook)
     with NodeSession(inventory) as session:
-        nodes = Nodes(inventory, session)
+        nodes = AgentClient(inventory, session)
         reporter.event(None, f"gathering facts from {len(inventory.nodes)} node(s)")
         facts = gather_facts(nodes, spec, inventory)
         plan = derive_plan(spec, {n: f if (f or {}).get("ok") else None for n, f in facts.by_node.items()})

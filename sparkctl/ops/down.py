@@ -9,13 +9,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparkctl.inventory import Inventory
-from sparkctl.ops.nodes import Nodes
-from sparkctl.backends.common import record_dir, tag_prefix
-from sparkctl.ops.ray_cluster import RayNodeStop, stop_ray
-from sparkctl.ops.stop import NodeStop, stop_all
+from sparkctl.agent.client import Connect, connect
+from sparkctl.backends.serving import backend_found
+from sparkctl.lifecycle.stop import NodeStop
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
-from sparkctl.remote.session import NodeSession
 from sparkctl.state import StateStore
 
 DEFAULT_GRACE_S = 30.0
@@ -50,7 +48,8 @@ class DownResult:
         }
 
 
-def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None = None, grace_s: float | None = None) -> DownResult:
+def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None = None, grace_s: float | None = None,
+         connect: Connect = connect) -> DownResult:
     store = StateStore.for_cluster(inventory.cluster)
     with store.locked("down"):
         state = store.load()
@@ -59,42 +58,10 @@ def down(inventory: Inventory, reporter: Reporter, *, playbook: Playbook | None 
             ports = {inventory.head.name: [playbook.port, playbook.master_port]}
         if grace_s is None:
             grace_s = playbook.stop_grace_s if playbook is not None else DEFAULT_GRACE_S
-        with NodeSession(inventory) as session:
-            nodes = Nodes(inventory, session)
-            ray = None
-            if (state or {}).get("backend") == "ray" or _ray_recorded(nodes, inventory):
-                ray = stop_ray(nodes, inventory, reporter, grace_s=grace_s)
-            results = stop_all(nodes, inventory, grace_s=grace_s, ports=ports, reporter=reporter)
-        if ray is not None:
-            _merge_ray(results, ray)
+        with connect(inventory) as nodes:
+            backend = backend_found(nodes, inventory, (state or {}).get("backend"))
+            results = backend.stop(nodes, reporter, grace_s=grace_s, ports=ports)
         result = DownResult(inventory.cluster, results, had_state=state is not None)
         if result.clean:
             store.clear()
         return result
-
-
-def _ray_recorded(nodes: Nodes, inventory: Inventory) -> bool:
-    """Whether any node keeps a record of a Ray this cluster started (state may be lost)."""
-    outcomes = nodes.call_all(
-        "status",
-        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n, "ray"), "record_dir": record_dir(n, inventory.cluster)},
-        timeout_s=30,
-    )
-    return any(
-        r.get("role") == "ray" for o in outcomes.values() if o.value for r in o.value.get("records", [])
-    ) or any(o.value and o.value.get("processes") for o in outcomes.values())
-
-
-def _merge_ray(results: dict[str, NodeStop], ray: dict[str, RayNodeStop]) -> None:
-    """One report per node: what stop_ray stopped counts as stopped; what it could not, as a failure."""
-    for name, stopped in ray.items():
-        node = results.setdefault(name, NodeStop(name))
-        ray_pids = {p.get("pid") for p in stopped.stopped}
-        node.stopped = [*stopped.stopped, *[p for p in node.stopped if p.get("pid") not in ray_pids]]
-        if stopped.clean:
-            continue
-        if stopped.error and node.error is None:
-            node.error = stopped.error  # the node could not be asked
-        elif not stopped.error:
-            survivors = (stopped.ray.remaining if stopped.ray else []) or stopped.group.get("remaining") or []
-            node.remaining.extend(survivors or [{"pid": None, "cmdline": stopped.refused or "Ray left processes"}])

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparkctl.inventory import Inventory
-from sparkctl.ops.nodes import Nodes
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import ExecRequest
 from sparkctl.remote.result import NodeUnavailable
 from sparkctl.remote.session import NodeSession
 
@@ -28,9 +29,8 @@ class NodeExec:
 
 def exec_all(inventory: Inventory, argv: list[str], *, timeout_s: float) -> list[NodeExec]:
     with NodeSession(inventory) as session:
-        outcomes = Nodes(inventory, session).call_all(
-            "exec",
-            lambda n: {"argv": argv, "env": inventory.node_env(n), "command_timeout_s": timeout_s},
+        outcomes = AgentClient(inventory, session).call_all(
+            lambda n: ExecRequest(argv=tuple(argv), env=inventory.node_env(n), command_timeout_s=timeout_s),
             timeout_s=timeout_s + 30,
         )
     results = []
@@ -43,8 +43,6 @@ def exec_all(inventory: Inventory, argv: list[str], *, timeout_s: float) -> list
                          unreachable=isinstance(outcome.error, NodeUnavailable))
             )
             continue
-        reply = outcome.value or {}
-        results.append(
-            NodeExec(node.name, reply.get("rc"), reply.get("stdout", ""), reply.get("stderr", ""), reply.get("duration_s", 0.0))
-        )
+        reply = outcome.result()
+        results.append(NodeExec(node.name, reply.rc, reply.stdout, reply.stderr, reply.duration_s))
     return results

@@ -59,16 +59,16 @@ def _config_from_playbook(inventory: Inventory | None, playbook: Playbook) -> tu
         return load_config(local)
     if inventory is None:
         raise InputError(f"{local} is not on this machine", hint="pass --model-config, or -i INVENTORY to read it on the head")
-    from sparkctl.ops.nodes import Nodes
-    from sparkctl.remote.session import NodeSession
+    from sparkctl.agent.client import connect
+    from sparkctl.agent.protocol import ReadRequest
 
-    with NodeSession(inventory) as session:
-        reply = Nodes(inventory, session).call(inventory.head, "read", path=local, limit=4 << 20, timeout_s=60)
-    if not reply.get("exists"):
-        raise InputError(f"{inventory.head.name}:{local} not found ({reply.get('error') or 'missing'})",
+    with connect(inventory) as nodes:
+        reply = nodes.call(inventory.head, ReadRequest(path=local, limit=4 << 20), timeout_s=60)
+    if not reply.exists:
+        raise InputError(f"{inventory.head.name}:{local} not found ({reply.error or 'missing'})",
                          hint="pass --model-config with the model's config.json")
     try:
-        data = json.loads(reply.get("data") or "")
+        data = json.loads(reply.data or "")
     except ValueError as exc:
         raise ConfigError(f"{inventory.head.name}:{local}: not JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparkctl.backends.common import log_path, record_dir, tag_prefix
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import LogCursor
+from sparkctl.backends.common import log_path, status_request
 from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory
-from sparkctl.ops.nodes import Nodes
 from sparkctl.remote.session import NodeSession
 from sparkctl.serve.vllm_log import tail_lines
 
@@ -20,13 +21,8 @@ def read_logs(inventory: Inventory, *, node: str | None, lines: int, role: str =
         except KeyError:
             raise InputError(f"no node {node!r} in {inventory.path}", hint=f"nodes: {', '.join(n.name for n in inventory.nodes)}") from None
     with NodeSession(inventory) as session:
-        outcomes = Nodes(inventory, session).call_all(
-            "status",
-            lambda n: {
-                "tag_prefix": tag_prefix(inventory.cluster, n),
-                "record_dir": record_dir(n, inventory.cluster),
-                "logs": [{"path": log_path(n, inventory.cluster, role), "offset": None}],
-            },
+        outcomes = AgentClient(inventory, session).call_all(
+            lambda n: status_request(inventory.cluster, n, logs=(LogCursor(log_path(n, inventory.cluster, role), None),)),
             nodes=targets,
             timeout_s=30,
         )
@@ -36,10 +32,6 @@ def read_logs(inventory: Inventory, *, node: str | None, lines: int, role: str =
         if outcome.error is not None:
             result[target.name] = {"error": str(outcome.error)}
             continue
-        log = (outcome.value or {}).get("logs", [{}])[0]
-        result[target.name] = {
-            "path": log.get("path"),
-            "exists": log.get("exists", False),
-            "lines": tail_lines(log.get("data", ""), lines),
-        }
+        (log,) = outcome.result().logs
+        result[target.name] = {"path": log.path, "exists": log.exists, "lines": tail_lines(log.data, lines)}
     return result

@@ -17,16 +17,17 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import ExecRequest, ProbeReply, ProbeRequest, ReadRequest, to_wire
 from sparkctl.backends.common import ProcessSpec, tag_prefix
 from sparkctl.backends.torchrun import plan_torchrun
 from sparkctl.errors import InputError, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import network_plan
-from sparkctl.ops.group import run_group
-from sparkctl.ops.launch import values_or_raise
-from sparkctl.ops.nodes import Nodes
-from sparkctl.ops.stop import stop_all
+from sparkctl.lifecycle.group import run_group
+from sparkctl.lifecycle.launch import values_or_raise
+from sparkctl.lifecycle.stop import stop_all
 from sparkctl.perf.store import save_probe
 from sparkctl.playbook import Playbook
 from sparkctl.probes import nccl_tests_engine as engine
@@ -39,13 +40,6 @@ from sparkctl.remote.session import NodeSession
 PORT_CANDIDATES = tuple(range(29500, 29532))
 # Run with the probe's interpreter on every node before anything starts: a missing
 # torch is then one clear error per node, not a rank dying inside torchrun.
-TORCH_CHECK = (
-    "import json, torch\n"
-    "print(json.dumps({'torch': torch.__version__, 'cuda': torch.cuda.is_available(),"
-    " 'gpus': torch.cuda.device_count() if torch.cuda.is_available() else 0}))"
-)
-
-
 def nccl_probe(
     inventory: Inventory,
     playbook: Playbook | None,
@@ -60,7 +54,7 @@ def nccl_probe(
     Python, else python3. Raises OperationFailed (a node failed, with its log),
     DeadlineExceeded, Interrupted (after stopping everything) or InputError."""
     with NodeSession(inventory) as session:
-        nodes = Nodes(inventory, session)
+        nodes = AgentClient(inventory, session)
         facts = _discover(nodes, inventory, playbook, options, python)
         plans = network_plan(nodes, inventory, playbook)
         if options.engine == "nccl-tests":
@@ -80,8 +74,8 @@ def nccl_probe(
 
 # ---------------------------------------------------------------- discovery
 def _discover(
-    nodes: Nodes, inventory: Inventory, playbook: Playbook | None, options: ProbeOptions, python: str | None
-) -> dict[str, dict[str, Any]]:
+    nodes: AgentClient, inventory: Inventory, playbook: Playbook | None, options: ProbeOptions, python: str | None
+) -> dict[str, ProbeReply]:
     """The agent's `probe` on every node: interfaces, commands, the model path, ports on the head."""
     commands: list[str] = []
     if options.engine == "nccl-tests":
@@ -91,8 +85,7 @@ def _discover(
     paths = [playbook.model] if playbook is not None and playbook.model_is_path else []
     ports = [options.master_port] if options.master_port else list(PORT_CANDIDATES)
     outcomes = nodes.call_all(
-        "probe",
-        lambda n: {"commands": commands, "paths": paths, "ports": ports if n.is_head else []},
+        lambda n: ProbeRequest(commands=tuple(commands), paths=tuple(paths), ports=tuple(ports if n.is_head else [])),
         timeout_s=60,
     )
     return values_or_raise(outcomes)
@@ -102,7 +95,7 @@ def _is_python(command: str) -> bool:
     return os.path.basename(command).startswith("python")
 
 
-def _pythons(inventory: Inventory, playbook: Playbook | None, facts: dict[str, dict[str, Any]],
+def _pythons(inventory: Inventory, playbook: Playbook | None, facts: dict[str, ProbeReply],
              python: str | None) -> dict[str, str]:
     """The interpreter per node: explicit, else the playbook's vLLM Python, else python3."""
     if python is not None:
@@ -112,7 +105,7 @@ def _pythons(inventory: Inventory, playbook: Playbook | None, facts: dict[str, d
     command = playbook.vllm_command[0]
     if _is_python(command):
         return {n.name: command for n in inventory.nodes}
-    found = {n.name: (facts[n.name].get("interpreters") or {}).get(command) for n in inventory.nodes}
+    found = {n.name: facts[n.name].interpreters.get(command) for n in inventory.nodes}
     missing = [name for name, interp in found.items() if not interp]
     if missing:
         raise OperationFailed(
@@ -122,10 +115,9 @@ def _pythons(inventory: Inventory, playbook: Playbook | None, facts: dict[str, d
     return {name: str(interp) for name, interp in found.items()}
 
 
-def _check_torch(nodes: Nodes, pythons: dict[str, str], options: ProbeOptions) -> dict[str, Any]:
+def _check_torch(nodes: AgentClient, pythons: dict[str, str], options: ProbeOptions) -> dict[str, Any]:
     outcomes = nodes.call_all(
-        "exec",
-        lambda n: {"argv": [pythons[n.name], "-c", TORCH_CHECK], "command_timeout_s": 120},
+        lambda n: ExecRequest(argv=(pythons[n.name],), program="sparkctl.agent.torch_check", command_timeout_s=120),
         timeout_s=150,
     )
     problems, found = [], {}
@@ -133,14 +125,14 @@ def _check_torch(nodes: Nodes, pythons: dict[str, str], options: ProbeOptions) -
         if outcome.error is not None:
             problems.append(f"{name}: {outcome.error}")
             continue
-        reply = outcome.value or {}
-        lines = (reply.get("stdout") or "").strip().splitlines()
+        reply = outcome.result()
+        lines = reply.stdout.strip().splitlines()
         try:
-            found[name] = json.loads(lines[-1]) if reply.get("rc") == 0 and lines else None
+            found[name] = json.loads(lines[-1]) if reply.rc == 0 and lines else None
         except ValueError:
             found[name] = None
         if found[name] is None:
-            why = ((reply.get("stderr") or "").strip().splitlines() or ["no output"])[-1]
+            why = (reply.stderr.strip().splitlines() or ["no output"])[-1]
             problems.append(f"{name}: {pythons[name]} cannot import torch ({why})")
     if problems:
         raise OperationFailed("torch is not usable on every node", details=problems,
@@ -156,13 +148,13 @@ def _check_torch(nodes: Nodes, pythons: dict[str, str], options: ProbeOptions) -
     return found
 
 
-def _master_port(head_facts: dict[str, Any], options: ProbeOptions) -> int:
-    busy = {entry["port"]: entry for entry in head_facts.get("in_use", [])}
+def _master_port(head_facts: ProbeReply, options: ProbeOptions) -> int:
+    busy = {entry.port: entry for entry in head_facts.in_use}
     if options.master_port:
         if options.master_port in busy:
             entry = busy[options.master_port]
             raise InputError(f"rendezvous port {options.master_port} is in use on the head "
-                             f"(pid {entry.get('pid')}: {entry.get('cmdline', '')[:80]})",
+                             f"(pid {entry.pid}: {entry.cmdline[:80]})",
                              hint="pick another --port, or leave it out to use a free one from 29500")
         return options.master_port
     for port in PORT_CANDIDATES:
@@ -174,12 +166,12 @@ def _master_port(head_facts: dict[str, Any], options: ProbeOptions) -> int:
 
 # ---------------------------------------------------------------- torch engine
 def _run_torch(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     playbook: Playbook | None,
     options: ProbeOptions,
     plans: dict[str, HostPlan],
-    facts: dict[str, dict[str, Any]],
+    facts: dict[str, ProbeReply],
     reporter: Reporter,
     python: str | None,
 ) -> ProbeReport:
@@ -219,22 +211,22 @@ def _with_python(spec: ProcessSpec, python: str) -> ProcessSpec:
     return replace(spec, argv=(python, *spec.argv[1:]))
 
 
-def _model_config_path(playbook: Playbook | None, head_facts: dict[str, Any]) -> str | None:
+def _model_config_path(playbook: Playbook | None, head_facts: ProbeReply) -> str | None:
     if playbook is None or not playbook.model_is_path:
         return None
-    info = (head_facts.get("paths") or {}).get(playbook.model, {})
-    return f"{playbook.model.rstrip('/')}/config.json" if info.get("has_config") else None
+    info = head_facts.paths.get(playbook.model)
+    return f"{playbook.model.rstrip('/')}/config.json" if info is not None and info.has_config else None
 
 
-def _read_model_config(nodes: Nodes, inventory: Inventory, playbook: Playbook | None,
-                       head_facts: dict[str, Any]) -> dict[str, Any] | None:
+def _read_model_config(nodes: AgentClient, inventory: Inventory, playbook: Playbook | None,
+                       head_facts: ProbeReply) -> dict[str, Any] | None:
     """The model's config.json, read on the head (the torch engine's worker does this itself)."""
     path = _model_config_path(playbook, head_facts)
     if path is None:
         return None
-    reply = nodes.call(inventory.head, "read", path=path, limit=4 << 20)
+    reply = nodes.call(inventory.head, ReadRequest(path=path, limit=4 << 20))
     try:
-        config = json.loads(reply.get("data") or "")
+        config = json.loads(reply.data)
     except ValueError:
         return None
     return dict(summarize_config(config), path=path) if isinstance(config, dict) else None
@@ -242,16 +234,16 @@ def _read_model_config(nodes: Nodes, inventory: Inventory, playbook: Playbook | 
 
 # ---------------------------------------------------------------- nccl-tests engine
 def _run_nccl_tests(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     playbook: Playbook | None,
     options: ProbeOptions,
     plans: dict[str, HostPlan],
-    facts: dict[str, dict[str, Any]],
+    facts: dict[str, ProbeReply],
     reporter: Reporter,
 ) -> ProbeReport:
     head = inventory.head
-    mpirun, binary = engine.locate(facts, inventory, options.nccl_tests_binary)
+    mpirun, binary = engine.locate({name: to_wire(f) for name, f in facts.items()}, inventory, options.nccl_tests_binary)
     tag = f"{tag_prefix(inventory.cluster, head, 'probe')}{int(time.time() * 1000)}"
     runs = engine.plan_runs(inventory, plans, options, mpirun=mpirun, binary=binary,
                             env=dict(playbook.env) if playbook is not None else None, tag=tag)
@@ -260,10 +252,10 @@ def _run_nccl_tests(
     try:
         for run in runs:
             reporter.event(head.name, f"nccl-tests {run.mode}: {shlex.join(run.argv)}")
-            reply = nodes.call(head, "exec", argv=list(run.argv), env=run.env,
-                               command_timeout_s=run.timeout_s, timeout_s=run.timeout_s + 60)
-            reports[run.mode] = engine.parse_run(run, reply, options, workers)
-            output.append((reply.get("stdout") or "") + "\n" + (reply.get("stderr") or ""))
+            reply = nodes.call(head, ExecRequest(argv=tuple(run.argv), env=run.env, command_timeout_s=run.timeout_s),
+                               timeout_s=run.timeout_s + 60)
+            reports[run.mode] = engine.parse_run(run, to_wire(reply), options, workers)
+            output.append(reply.stdout + "\n" + reply.stderr)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; the nccl-tests run has been stopped") from None
     finally:

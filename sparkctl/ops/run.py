@@ -33,9 +33,10 @@ from sparkctl.errors import InputError, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.jobs.offline_worker import UnsupportedArgs, read_prompts, translate_vllm_args
 from sparkctl.ops.check import network_plan
-from sparkctl.ops.group import run_group
-from sparkctl.ops.launch import values_or_raise
-from sparkctl.ops.nodes import Nodes
+from sparkctl.lifecycle.group import run_group
+from sparkctl.lifecycle.launch import values_or_raise
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import ProbeRequest, ReadRequest, RemoveRequest
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import NodeSession
@@ -128,7 +129,7 @@ def run_offline(
     input_text = _read_input(options) if job == "generate" else None
     head = inventory.head
     with NodeSession(inventory) as session:
-        nodes = Nodes(inventory, session)
+        nodes = AgentClient(inventory, session)
         python, port = _probe(nodes, inventory, playbook, options, reporter)
         plans = network_plan(nodes, inventory, playbook)  # the same per-host plan as `up` (NCCL_IB_HCA included)
         config: dict[str, Any] = {
@@ -166,15 +167,16 @@ def run_offline(
         reporter.event(None, f"{job}: {playbook.model} with TP={playbook.tensor_parallel_size} x PP={playbook.pipeline_parallel_size} "
                              f"across {len(inventory.nodes)} node(s) (torchrun rendezvous {plans[head.name].master_addr}:{port})")
         # a stale result must never pass for this run's
-        nodes.call_all("exec", lambda n: {"argv": [n.python, "-c", _REMOVE, f"{node_dir(n, inventory.cluster)}/{JOB_DIR}/result.json"],
-                                          "command_timeout_s": 20}, timeout_s=40)
+        nodes.call_all(lambda n: RemoveRequest(paths=(f"{node_dir(n, inventory.cluster)}/{JOB_DIR}/result.json",)),
+                       timeout_s=40)
         group = run_group(nodes, inventory, specs, timeout_s=options.timeout_s, reporter=reporter,
                           secrets=secrets, files=files, grace_s=options.grace_s)
-        reply = nodes.call(head, "read", path=f"{node_dir(head, inventory.cluster)}/{JOB_DIR}/result.json", timeout_s=120)
-    if not reply.get("exists"):
-        raise OperationFailed(f"{head.name}: the job ended without writing its result ({reply.get('error')})",
+        reply = nodes.call(head, ReadRequest(path=f"{node_dir(head, inventory.cluster)}/{JOB_DIR}/result.json"),
+                           timeout_s=120)
+    if not reply.exists:
+        raise OperationFailed(f"{head.name}: the job ended without writing its result ({reply.error})",
                               details=[f"{n}: exit {r['returncode']}" for n, r in group.to_dict()["nodes"].items()])
-    data = json.loads(reply["data"])
+    data = json.loads(reply.data)
     result = RunResult(
         job=job,
         cluster=inventory.cluster,
@@ -200,7 +202,6 @@ def run_offline(
     return result
 
 
-_REMOVE = "import os,sys\ntry: os.unlink(sys.argv[1])\nexcept FileNotFoundError: pass\n"
 
 
 def _read_input(options: RunOptions) -> str:
@@ -224,15 +225,17 @@ def _read_input(options: RunOptions) -> str:
     return text
 
 
-def _probe(nodes: Nodes, inventory: Inventory, playbook: Playbook, options: RunOptions, reporter: Reporter) -> tuple[str, int]:
+def _probe(nodes: AgentClient, inventory: Inventory, playbook: Playbook, options: RunOptions, reporter: Reporter) -> tuple[str, int]:
     """vLLM's Python on the nodes, and a free rendezvous port on the head."""
     command = playbook.vllm_command[0]
     head = inventory.head.name
     wanted = list(range(options.master_port, options.master_port + 32))
-    outcomes = nodes.call_all("probe", lambda n: {"commands": [command], "ports": wanted if n.name == head else []}, timeout_s=60)
+    outcomes = nodes.call_all(
+        lambda n: ProbeRequest(commands=(command,), ports=tuple(wanted if n.name == head else [])), timeout_s=60)
+    replies = values_or_raise(outcomes)
     pythons: dict[str, str | None] = {}
-    for name, facts in values_or_raise(outcomes).items():
-        pythons[name] = (facts.get("interpreters") or {}).get(command) if (facts.get("commands") or {}).get(command) else None
+    for name, facts in replies.items():
+        pythons[name] = facts.interpreters.get(command) if facts.commands.get(command) else None
     missing = [name for name, python in pythons.items() if python is None]
     if missing:
         raise OperationFailed(
@@ -243,7 +246,7 @@ def _probe(nodes: Nodes, inventory: Inventory, playbook: Playbook, options: RunO
         raise OperationFailed("the nodes resolve vLLM's Python differently",
                               details=[f"{name}: {python}" for name, python in pythons.items()],
                               hint="install vLLM at the same path everywhere")
-    busy = [hit["port"] for hit in (outcomes[head].value or {}).get("in_use", [])]
+    busy = [hit.port for hit in replies[head].in_use]
     port = choose_port(options.master_port, busy)
     if port is None:
         raise OperationFailed(f"{head}: no free port for the torchrun rendezvous near {options.master_port}")

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparkctl.backends.common import record_dir, tag_prefix
+from sparkctl.agent.client import Connect, connect
+from sparkctl.agent.protocol import RecordStatus, to_wire
+from sparkctl.backends.common import status_request
 from sparkctl.inventory import Inventory
-from sparkctl.ops.nodes import Nodes
-from sparkctl.ops.ray_cluster import ray_view
+from sparkctl.backends.serving import backend_found
 from sparkctl.playbook import Playbook
-from sparkctl.remote.session import NodeSession
 from sparkctl.serve.endpoint import Endpoint
 from sparkctl.state import StateStore
 
@@ -57,19 +57,14 @@ class StatusResult:
         }
 
 
-def status(inventory: Inventory, *, playbook: Playbook | None = None) -> StatusResult:
+def status(inventory: Inventory, *, playbook: Playbook | None = None, connect: Connect = connect) -> StatusResult:
     from sparkctl.ops.up import endpoint_url  # local: up imports a lot that status does not need
 
     recorded = StateStore.for_cluster(inventory.cluster).load()
     ray: dict[str, Any] | None = None
-    with NodeSession(inventory) as session:
-        nodes_api = Nodes(inventory, session)
-        outcomes = nodes_api.call_all(
-            "status",
-            lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
-            timeout_s=30,
-        )
-        if any(r.get("role") == "ray" for o in outcomes.values() if o.value for r in o.value.get("records", [])):
+    with connect(inventory) as nodes_api:
+        outcomes = nodes_api.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
+        if any(o.value.record("ray") is not None for o in outcomes.values() if o.value is not None):
             ray = ray_view(nodes_api, inventory)  # Ray's own view beside sparkctl's
     nodes: dict[str, NodeStatus] = {}
     for node in inventory.nodes:
@@ -77,13 +72,13 @@ def status(inventory: Inventory, *, playbook: Playbook | None = None) -> StatusR
         if outcome.error is not None:
             nodes[node.name] = NodeStatus(node.name, node.role, error=str(outcome.error))
             continue
-        reply = outcome.value or {}
+        reply = outcome.result()
         nodes[node.name] = NodeStatus(
             node.name,
             node.role,
-            records=[_public(r) for r in reply.get("records", [])],
-            processes=reply.get("processes", []),
-            ports=reply.get("ports", []),
+            records=[_public(r) for r in reply.records],
+            processes=[to_wire(p) for p in reply.processes],
+            ports=list(reply.ports),
         )
     url = (recorded or {}).get("endpoint") or (endpoint_url(inventory, playbook) if playbook else None)
     health: int | None = None
@@ -109,6 +104,7 @@ def _overall(nodes: dict[str, NodeStatus], health: int | None) -> str:
     return "degraded"
 
 
-def _public(record: dict) -> dict:
+def _public(record: RecordStatus) -> dict[str, Any]:
     keep = ("role", "pid", "pgid", "alive", "log", "argv", "env_keys", "started_at", "tag", "hostname")
-    return {k: record.get(k) for k in keep}
+    wire = to_wire(record)
+    return {k: wire[k] for k in keep}

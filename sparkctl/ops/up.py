@@ -14,28 +14,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sparkctl.backends.common import ProcessSpec, record_dir, tag_prefix
-from sparkctl.backends.mp import plan_mp
+from sparkctl.agent.client import AgentClient, Connect, connect
+from sparkctl.agent.protocol import ProcessRecord
+from sparkctl.backends.common import ProcessSpec, status_request
+from sparkctl.backends.serving import backend_for, backend_found
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
 from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.launch import plan_digest
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
-from sparkctl.backends.ray import RayPlan
-from sparkctl.ops.launch import launch_specs, plan_digest
-from sparkctl.ops.nodes import Nodes
-from sparkctl.ops.ray_cluster import launch_ray_backend, prepare_ray, stop_ray
-from sparkctl.ops.stop import stop_all
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
-from sparkctl.remote.session import NodeSession
 from sparkctl.serve.endpoint import Endpoint
-from sparkctl.serve.readiness import wait_until_ready
+from sparkctl.serve.readiness import Readiness, wait_until_ready
 from sparkctl.state import StateStore
 
 
-@dataclass
+@dataclass(frozen=True)
 class UpResult:
     outcome: str  # "started" | "already-up"
     cluster: str
@@ -78,6 +75,7 @@ def up(
     *,
     environ: Mapping[str, str] | None = None,
     ignore_checks: set[str] | frozenset[str] = frozenset(),
+    connect: Connect = connect,
 ) -> UpResult:
     environ = os.environ if environ is None else environ
     problems = check_against_inventory(playbook, inventory)
@@ -85,102 +83,142 @@ def up(
         raise InputError("the playbook does not fit the inventory", details=problems)
     secrets = forwarded_secrets(playbook, environ)
     store = StateStore.for_cluster(inventory.cluster)
-    spec = ClusterSpec.from_config(inventory, playbook)
     started_at = time.monotonic()
-    with store.locked("up"), NodeSession(inventory) as session:
-        nodes = Nodes(inventory, session)
+    with store.locked("up"), connect(inventory) as nodes:
+        run = _UpRun(inventory, playbook, reporter, nodes, store, secrets)
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
-        facts = reachable_facts(nodes, spec, inventory)
-        plans = host_plans(spec, facts)
-        ray_plan, specs = _plan_backend(nodes, inventory, playbook, plans, reporter)
-        endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
-        current = _already_serving(nodes, inventory, specs, endpoint, playbook)
+        run.plan()
+        current = _already_serving(run.nodes, inventory, run.serve_plan.specs, run.endpoint, playbook)
         if current is not None:
-            reporter.event(None, f"already serving {playbook.served_model_name!r} at {endpoint.base_url}; nothing started")
-            result = _result("already-up", inventory, playbook, endpoint, current, plans)
-            previous = store.load() or {}
-            result.kv_cache = previous.get("kv_cache", {})
-            _save(store, inventory, playbook, result, ray_plan)
-            return result
-        if _stop_leftovers(nodes, inventory, playbook, reporter):
-            facts = reachable_facts(nodes, spec, inventory)  # ports and memory changed
-            plans = host_plans(spec, facts)
-            ray_plan, specs = _plan_backend(nodes, inventory, playbook, plans, reporter)
-        _preflight_checks(nodes, spec, inventory, facts, reporter, ignore_checks)
-        launched: dict[str, dict] = {}
+            return run.already_up(current)
+        if _stop_leftovers(run.nodes, inventory, playbook, reporter):
+            run.plan()  # ports and memory changed
+        run.preflight(ignore_checks)
+        launch_started = time.monotonic()
+        launched = run.launch()
+        ready = run.wait_until_ready(launched)
+        return run.finish(ready, Timings(started_at, launch_started, launched.at))
+
+
+@dataclass(frozen=True)
+class Timings:
+    started_at: float
+    launch_started: float
+    launched_at: float
+
+    def to_dict(self, ready: Readiness, init_engine_s: float | None) -> dict[str, float]:
+        health_at = ready.health_at if ready.health_at is not None else self.launched_at
+        ready_at = ready.ready_at if ready.ready_at is not None else health_at
+        return {
+            "preflight_s": round(self.launch_started - self.started_at, 2),
+            "launch_s": round(self.launched_at - self.launch_started, 2),
+            "vllm_startup_s": round(health_at - self.launched_at, 2),
+            "first_completion_s": round(ready.completion_s or 0.0, 2),
+            "total_s": round(ready_at - self.started_at, 2),
+            "vllm_init_engine_s": init_engine_s or 0.0,
+        }
+
+
+@dataclass(frozen=True)
+class _Launch:
+    processes: dict[str, ProcessRecord]
+    watch: tuple[ProcessSpec, ...]
+    at: float
+
+
+class _UpRun:
+    """One `up`, stage by stage: plan, preflight, launch, wait, record. It owns
+    the cluster once the backend's launch has returned (see backends.serving)."""
+
+    def __init__(self, inventory: Inventory, playbook: Playbook, reporter: Reporter, nodes: AgentClient,
+                 store: StateStore, secrets: dict[str, str]):
+        self.inventory = inventory
+        self.playbook = playbook
+        self.reporter = reporter
+        self.nodes = nodes
+        self.store = store
+        self.secrets = secrets
+        self.spec = ClusterSpec.from_config(inventory, playbook)
+        self.backend = backend_for(inventory, playbook)
+        self.endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
+
+    def plan(self) -> None:
+        """Facts from every node, the per-host network plan, and the backend's processes."""
+        self.facts = reachable_facts(self.nodes, self.spec, self.inventory)
+        self.hosts = host_plans(self.spec, self.facts)
+        self.serve_plan = self.backend.plan(self.nodes, self.hosts, self.reporter)  # type: ignore[arg-type]
+
+    def already_up(self, current: dict[str, ProcessRecord]) -> UpResult:
+        self.reporter.event(None, f"already serving {self.playbook.served_model_name!r} at {self.endpoint.base_url}; "
+                                  "nothing started")
+        previous = self.store.load() or {}
+        result = self._result("already-up", current, kv_cache=previous.get("kv_cache", {}))
+        self._save(result)
+        return result
+
+    def preflight(self, ignore_checks: set[str] | frozenset[str]) -> None:
+        _preflight_checks(self.nodes, self.spec, self.inventory, self.facts, self.reporter, ignore_checks)
+
+    def launch(self) -> _Launch:
+        """Start the backend; if it fails it has already stopped what it started."""
         try:
-            launch_started = time.monotonic()
-            if ray_plan is not None:
-                launch = launch_ray_backend(nodes, inventory, playbook, plans, secrets, reporter, plan=ray_plan)
-                launched, watch = launch.launched, launch.specs
-            else:
-                launched, watch = _launch_all(nodes, inventory, specs, secrets, reporter), specs
-            launched_at = time.monotonic()
-            result = _result("started", inventory, playbook, endpoint, launched, plans)
-            _save(store, inventory, playbook, result, ray_plan)
-            reporter.event(None, f"waiting until ready: processes alive, /health, /v1/models, one completion "
-                                 f"(deadline {playbook.ready_timeout_s:.0f}s)")
-            ready = wait_until_ready(
-                nodes,
-                inventory,
-                watch,
-                endpoint,
-                playbook.served_model_name,
-                deadline=launched_at + playbook.ready_timeout_s,
-                reporter=reporter,
-                started_at=launched_at,
-            )
+            launched = self.backend.launch(self.nodes, self.serve_plan, self.secrets, self.reporter)  # type: ignore[arg-type]
         except KeyboardInterrupt:
-            reporter.event(None, "interrupted: stopping what this run started")
-            _stop_everything(nodes, inventory, playbook, reporter)
-            store.clear()
+            self.store.clear()
             raise Interrupted("interrupted; every process this run started has been stopped") from None
         except SparkctlError:
-            if launched or ray_plan is not None:
-                reporter.event(None, "start-up failed: stopping what this run started")
-                _stop_everything(nodes, inventory, playbook, reporter)
-                store.clear()
+            self.store.clear()  # an earlier start's record no longer describes the nodes
             raise
-        head_report = ready.watches[inventory.head.name].report
-        result.kv_cache = {
+        self._save(self._result("started", launched.processes))
+        self.launched = _Launch(launched.processes, launched.watch, time.monotonic())
+        return self.launched
+
+    def wait_until_ready(self, launched: _Launch) -> Readiness:
+        """Ready, or everything stopped before the error is raised."""
+        self.reporter.event(None, f"waiting until ready: processes alive, /health, /v1/models, one completion "
+                                  f"(deadline {self.playbook.ready_timeout_s:.0f}s)")
+        try:
+            return wait_until_ready(
+                self.nodes, self.inventory, list(launched.watch), self.endpoint, self.playbook.served_model_name,
+                deadline=launched.at + self.playbook.ready_timeout_s, reporter=self.reporter, started_at=launched.at,
+            )
+        except KeyboardInterrupt:
+            self.reporter.event(None, "interrupted: stopping what this run started")
+            self._stop()
+            raise Interrupted("interrupted; every process this run started has been stopped") from None
+        except SparkctlError:
+            self.reporter.event(None, "start-up failed: stopping what this run started")
+            self._stop()
+            raise
+
+    def finish(self, ready: Readiness, timings: Timings) -> UpResult:
+        head_report = ready.watches[self.inventory.head.name].report
+        kv_cache = {
             "tokens": head_report.kv_cache_tokens,
             "device": head_report.kv_cache_device,
             "max_concurrency": head_report.max_concurrency,
             "tokens_per_request": head_report.max_concurrency_tokens,
         }
-        assert ready.health_at is not None and ready.ready_at is not None
-        result.timings = {
-            "preflight_s": round(launch_started - started_at, 2),
-            "launch_s": round(launched_at - launch_started, 2),
-            "vllm_startup_s": round(ready.health_at - launched_at, 2),
-            "first_completion_s": round(ready.completion_s or 0.0, 2),
-            "total_s": round(ready.ready_at - started_at, 2),
-            "vllm_init_engine_s": head_report.init_engine_s or 0.0,
-        }
-        _save(store, inventory, playbook, result, ray_plan)
+        result = self._result("started", self.launched.processes, kv_cache=kv_cache,
+                              timings=timings.to_dict(ready, head_report.init_engine_s))
+        self._save(result)
         return result
 
+    def _stop(self) -> None:
+        self.backend.stop(self.nodes, self.reporter, grace_s=self.playbook.stop_grace_s, ports={})
+        self.store.clear()
 
-def _plan_backend(
-    nodes: Nodes, inventory: Inventory, playbook: Playbook, plans: dict[str, HostPlan], reporter: Reporter
-) -> tuple[RayPlan | None, list[ProcessSpec]]:
-    """The processes the backend starts: vLLM on every node (mp), or Ray on
-    every node and vLLM on the head (ray)."""
-    if playbook.backend == "ray":
-        ray_plan = prepare_ray(nodes, inventory, playbook, plans, reporter)
-        return ray_plan, ray_plan.specs
-    return None, plan_mp(inventory, playbook, plans)
+    def _result(self, outcome: str, processes: dict[str, ProcessRecord], *, kv_cache: dict[str, Any] | None = None,
+                timings: dict[str, float] | None = None) -> UpResult:
+        return _result(outcome, self.inventory, self.playbook, self.endpoint, processes, self.hosts,
+                       kv_cache=kv_cache or {}, timings=timings or {})
 
-
-def _stop_everything(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> None:
-    """Ray first (it has its own order and last resort), then whatever else this cluster runs."""
-    if playbook.backend == "ray":
-        stop_ray(nodes, inventory, reporter, grace_s=playbook.stop_grace_s)
-    stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
+    def _save(self, result: UpResult) -> None:
+        _save(self.store, self.inventory, self.playbook, result, self.serve_plan.control_port)
 
 
 def _preflight_checks(
-    nodes: Nodes,
+    nodes: AgentClient,
     spec: ClusterSpec,
     inventory: Inventory,
     facts: Facts,
@@ -205,55 +243,35 @@ def _preflight_checks(
 
 
 def _already_serving(
-    nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec], endpoint: Endpoint, playbook: Playbook
-) -> dict[str, dict] | None:
+    nodes: AgentClient, inventory: Inventory, specs: tuple[ProcessSpec, ...], endpoint: Endpoint, playbook: Playbook
+) -> dict[str, ProcessRecord] | None:
     """The running processes when every node runs exactly the planned command and the endpoint answers."""
-    outcomes = nodes.call_all(
-        "status",
-        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
-        timeout_s=30,
-    )
-    running: dict[str, dict] = {}
-    for spec in specs:
-        outcome = outcomes[spec.node]
-        if outcome.error is not None:
-            raise outcome.error
-        records = {r.get("role"): r for r in (outcome.value or {}).get("records", [])}
-        record = records.get(spec.role)
-        if record is None or not record.get("alive") or record.get("plan_digest") != plan_digest(spec):
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
+    running: dict[str, ProcessRecord] = {}
+    for process in specs:
+        record = outcomes[process.node].result().record(process.role)
+        if record is None or not record.alive or record.plan_digest != plan_digest(process):
             return None
-        running[spec.node] = record
+        running[process.node] = record
     if endpoint.health().status != 200:
         return None
     _, ids = endpoint.model_ids()
     return running if playbook.served_model_name in ids else None
 
 
-def _stop_leftovers(nodes: Nodes, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> bool:
-    """Converge: whatever this cluster's tag still runs (half-dead, other plan) goes first."""
-    outcomes = nodes.call_all(
-        "status",
-        lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n), "record_dir": record_dir(n, inventory.cluster)},
-        timeout_s=30,
-    )
-    leftovers = {name: o.value["processes"] for name, o in outcomes.items() if o.value and o.value.get("processes")}
+def _stop_leftovers(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> bool:
+    """Converge: whatever this cluster's tag still runs (half-dead, other plan) goes
+    first, stopped by the backend that started it (Ray only where Ray was started)."""
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
+    statuses = {name: o.result() for name, o in outcomes.items()}
+    leftovers = {name: s.processes for name, s in statuses.items() if s.processes}
     if not leftovers:
         return False
     summary = ", ".join(f"{name}: {len(p)} process(es)" for name, p in leftovers.items())
     reporter.event(None, f"found processes of an earlier start that do not match this plan ({summary}); stopping them")
-    stop_ray(nodes, inventory, reporter, grace_s=playbook.stop_grace_s)  # a no-op where no Ray was started
-    stop_all(nodes, inventory, grace_s=playbook.stop_grace_s, ports={}, reporter=reporter)
+    backend = backend_found(nodes, inventory, statuses=statuses)
+    backend.stop(nodes, reporter, grace_s=playbook.stop_grace_s, ports={})
     return True
-
-
-def _launch_all(
-    nodes: Nodes, inventory: Inventory, specs: list[ProcessSpec], secrets: dict[str, str], reporter: Reporter
-) -> dict[str, dict]:
-    try:
-        return launch_specs(nodes, inventory, specs, reporter, secrets=secrets)
-    except SparkctlError:
-        stop_all(nodes, inventory, grace_s=10, ports={}, reporter=reporter)  # whatever did start
-        raise
 
 
 def _result(
@@ -261,8 +279,11 @@ def _result(
     inventory: Inventory,
     playbook: Playbook,
     endpoint: Endpoint,
-    processes: dict[str, dict],
+    processes: dict[str, ProcessRecord],
     plans: dict[str, HostPlan],
+    *,
+    kv_cache: dict[str, Any],
+    timings: dict[str, float],
 ) -> UpResult:
     return UpResult(
         outcome=outcome,
@@ -273,10 +294,10 @@ def _result(
         nodes={
             name: {
                 "role": inventory.node(name).role,
-                "pid": proc.get("pid"),
-                "starttime": proc.get("starttime"),
-                "log": proc.get("log"),
-                "tag": proc.get("tag"),
+                "pid": proc.pid,
+                "starttime": proc.starttime,
+                "log": proc.log,
+                "tag": proc.tag,
             }
             for name, proc in processes.items()
         },
@@ -284,11 +305,12 @@ def _result(
             name: {"address": p.address, "interface": p.interface, "master_addr": p.master_addr, "env": p.env, "why": p.why}
             for name, p in plans.items()
         },
+        kv_cache=kv_cache,
+        timings=timings,
     )
 
 
-def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: UpResult,
-          ray_plan: RayPlan | None = None) -> None:
+def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: UpResult, control_port: int) -> None:
     store.save(
         {
             "inventory": os.path.abspath(inventory.path),
@@ -298,7 +320,7 @@ def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: U
             "served_model_name": result.served_model_name,
             "outcome": result.outcome,
             "nodes": result.nodes,
-            "listen_ports": {inventory.head.name: [playbook.port, ray_plan.gcs_port if ray_plan else playbook.master_port]},
+            "listen_ports": {inventory.head.name: [playbook.port, control_port]},
             "kv_cache": result.kv_cache,
             "timings": result.timings,
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar, cast
 
 from sparkctl.inventory import Inventory, Node
 from sparkctl.remote.base import Runner
@@ -24,6 +24,12 @@ class Outcome(Generic[T]):
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def result(self) -> T:
+        """The value, or the node's error raised."""
+        if self.error is not None:
+            raise self.error
+        return cast(T, self.value)
 
 
 class NodeSession:

@@ -13,10 +13,11 @@ import collections
 import time
 from dataclasses import dataclass, field
 
-from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_prefix
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import LogCursor
+from sparkctl.backends.common import ProcessSpec, log_path, status_request
 from sparkctl.errors import DeadlineExceeded, OperationFailed
 from sparkctl.inventory import Inventory
-from sparkctl.ops.nodes import Nodes
 from sparkctl.progress import Reporter
 from sparkctl.serve.endpoint import Endpoint
 from sparkctl.serve.vllm_log import LogReader, LogReport
@@ -71,7 +72,7 @@ class NotReady(OperationFailed):
 
 
 def wait_until_ready(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     specs: list[ProcessSpec],
     endpoint: Endpoint,
@@ -94,12 +95,7 @@ def wait_until_ready(
         """Read each node's new log lines and check its process is alive; report stage changes."""
         nonlocal last_news
         outcomes = nodes.call_all(
-            "status",
-            lambda n: {
-                "tag_prefix": tag_prefix(cluster, n),
-                "record_dir": record_dir(n, cluster),
-                "logs": [{"path": state.watches[n.name].path, "offset": state.watches[n.name].offset}],
-            },
+            lambda n: status_request(cluster, n, logs=(LogCursor(state.watches[n.name].path, state.watches[n.name].offset),)),
             nodes=[inventory.node(name) for name in state.watches],
             timeout_s=30,
         )
@@ -107,13 +103,12 @@ def wait_until_ready(
             watch = state.watches[name]
             if outcome.error is not None:
                 raise NotReady(f"{name}: lost contact while vLLM was starting: {outcome.error}", node=name, watch=watch)
-            reply = outcome.value or {}
-            for log in reply.get("logs", []):
-                watch.feed(log.get("data", ""))
-                watch.offset = log.get("offset", watch.offset)
-            roles = {rec.get("role"): rec for rec in reply.get("records", [])}
-            record = roles.get(watch.role)
-            if record is None or not record.get("alive"):
+            reply = outcome.result()
+            for log in reply.logs:
+                watch.feed(log.data)
+                watch.offset = log.offset
+            record = reply.record(watch.role)
+            if record is None or not record.alive:
                 watch.alive = False
                 raise NotReady(f"{name}: vLLM exited during start-up", node=name, watch=watch)
             stage = watch.report.stage

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import StopRequest, to_wire
 from sparkctl.backends.common import record_dir, tag_prefix
 from sparkctl.inventory import Inventory
-from sparkctl.ops.nodes import Nodes
 from sparkctl.progress import Reporter
 
 
@@ -31,7 +32,7 @@ class NodeStop:
 
 
 def stop_all(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     *,
     grace_s: float,
@@ -43,13 +44,12 @@ def stop_all(
 
     With `role`, only that kind of process (e.g. a probe) is stopped."""
     outcomes = nodes.call_all(
-        "stop",
-        lambda n: {
-            "tag_prefix": tag_prefix(inventory.cluster, n, role),
-            "record_dir": record_dir(n, inventory.cluster),
-            "grace_s": grace_s,
-            "ports": ports.get(n.name, []),
-        },
+        lambda n: StopRequest(
+            tag_prefix=tag_prefix(inventory.cluster, n, role),
+            record_dir=record_dir(n, inventory.cluster),
+            grace_s=grace_s,
+            ports=tuple(ports.get(n.name, [])),
+        ),
         timeout_s=grace_s + 60,
     )
     results: dict[str, NodeStop] = {}
@@ -59,14 +59,14 @@ def stop_all(
             results[name] = NodeStop(name, error=str(outcome.error), error_kind=kind)
             reporter.event(name, f"could not stop: {outcome.error}")
             continue
-        reply = outcome.value or {}
+        reply = outcome.result()
         result = NodeStop(
             name,
-            stopped=reply.get("stopped", []),
-            killed=reply.get("killed", []),
-            remaining=reply.get("remaining", []),
-            ports_in_use=reply.get("in_use", []),
-            elapsed_s=reply.get("elapsed_s", 0.0),
+            stopped=[to_wire(p) for p in reply.stopped],
+            killed=list(reply.killed),
+            remaining=[to_wire(p) for p in reply.remaining],
+            ports_in_use=[to_wire(p) for p in reply.in_use],
+            elapsed_s=reply.elapsed_s,
         )
         results[name] = result
         if result.stopped:

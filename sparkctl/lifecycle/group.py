@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_prefix
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import LogCursor
+from sparkctl.backends.common import ProcessSpec, log_path, status_request
 from sparkctl.errors import DeadlineExceeded, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
-from sparkctl.ops.launch import launch_specs
-from sparkctl.ops.nodes import Nodes
-from sparkctl.ops.stop import stop_all
+from sparkctl.lifecycle.launch import launch_specs
+from sparkctl.lifecycle.stop import stop_all
 from sparkctl.progress import Reporter
 
 POLL_S = 0.5
@@ -60,7 +61,7 @@ class GroupResult:
 
 
 def run_group(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     specs: list[ProcessSpec],
     *,
@@ -95,16 +96,12 @@ def run_group(
     return result
 
 
-def _wait(nodes: Nodes, inventory: Inventory, result: GroupResult, *, deadline: float, reporter: Reporter) -> None:
+def _wait(nodes: AgentClient, inventory: Inventory, result: GroupResult, *, deadline: float, reporter: Reporter) -> None:
     role = result.role
     while True:
         outcomes = nodes.call_all(
-            "status",
-            lambda n: {
-                "tag_prefix": tag_prefix(inventory.cluster, n, role),
-                "record_dir": record_dir(n, inventory.cluster),
-                "logs": [{"path": result.nodes[n.name].log_path, "offset": result.nodes[n.name].log_offset}],
-            },
+            lambda n: status_request(inventory.cluster, n, role,
+                                     logs=(LogCursor(result.nodes[n.name].log_path, result.nodes[n.name].log_offset),)),
             nodes=[inventory.node(name) for name, run in result.nodes.items() if not run.ended],
             timeout_s=30,
         )
@@ -113,19 +110,19 @@ def _wait(nodes: Nodes, inventory: Inventory, result: GroupResult, *, deadline: 
             if outcome.error is not None:
                 run.lost = f"lost contact: {outcome.error}"
                 raise _failed(result, name, f"{name}: lost contact during the {role}: {outcome.error}")
-            reply = outcome.value or {}
-            for log in reply.get("logs", []):
-                run.log = (run.log + log.get("data", ""))[-MAX_LOG_CHARS:]
-                run.log_offset = log.get("offset", run.log_offset)
-            record = next((r for r in reply.get("records", []) if r.get("role") == role), None)
-            exit_info = (record or {}).get("exit")
+            reply = outcome.result()
+            for log in reply.logs:
+                run.log = (run.log + log.data)[-MAX_LOG_CHARS:]
+                run.log_offset = log.offset
+            record = reply.record(role)
+            exit_info = record.exit if record is not None else None
             if exit_info is not None:
                 run.ended = True
-                run.returncode = exit_info.get("returncode")
+                run.returncode = exit_info.returncode
                 reporter.event(name, f"{role} exited with {run.returncode}")
                 if run.returncode != 0:
                     raise _failed(result, name, f"{name}: the {role} exited with status {run.returncode}")
-            elif record is None or not record.get("alive"):
+            elif record is None or not record.alive:
                 run.lost = "the process is gone and left no exit status (killed?)"
                 raise _failed(result, name, f"{name}: the {role} process died without an exit status (killed?)")
         if all(run.ended for run in result.nodes.values()):
@@ -157,7 +154,7 @@ def _tails(result: GroupResult, names: list[str]) -> list[str]:
     return details
 
 
-def _stop(nodes: Nodes, inventory: Inventory, role: str, grace_s: float, reporter: Reporter) -> list[str]:
+def _stop(nodes: AgentClient, inventory: Inventory, role: str, grace_s: float, reporter: Reporter) -> list[str]:
     results = stop_all(nodes, inventory, grace_s=grace_s, ports={}, reporter=reporter, role=role)
     problems = []
     for name, node in results.items():

@@ -17,7 +17,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from sparkctl.backends.common import ProcessSpec, log_path, record_dir, tag_prefix
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import (
+    ExecRequest,
+    HostScanRequest,
+    LogCursor,
+    ProbeRequest,
+    ProcessRecord,
+    RayGroupStopRequest,
+    RecordStatus,
+    RemoveRequest,
+    to_wire,
+)
+from sparkctl.agent.ray_view import RESULT_MARKER
+from sparkctl.backends.common import ProcessSpec, log_path, status_request, tag_prefix
 from sparkctl.backends.ray import (
     ROLE,
     SERVE_ROLE,
@@ -34,196 +47,13 @@ from sparkctl.backends.ray import (
 from sparkctl.errors import DeadlineExceeded, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
-from sparkctl.ops.launch import launch_specs, values_or_raise
-from sparkctl.ops.nodes import Nodes
-from sparkctl.ops.stop import NodeStop, stop_all
+from sparkctl.lifecycle.launch import launch_specs, values_or_raise
+from sparkctl.lifecycle.stop import NodeStop, stop_all
 from sparkctl.playbook import Playbook, ray_command
 from sparkctl.progress import Reporter
 
 POLL_S = 1.0
 VIEW_TIMEOUT_S = 30.0
-RESULT_MARKER = "SPARKCTL-RAY-VIEW "
-
-# Runs on the head with the cluster's own Ray Python: join as a driver, read
-# Ray's view, print it as one marked JSON line. argv: address, node ip.
-VIEW_SCRIPT = r"""
-import json, sys
-out = {"ok": False}
-try:
-    import ray
-    out["ray_version"] = ray.__version__
-    out["python"] = sys.version.split()[0]
-    ray.init(address=sys.argv[1], _node_ip_address=sys.argv[2], logging_level="ERROR",
-             log_to_driver=False, configure_logging=True)
-    keep = ("NodeID", "Alive", "NodeManagerAddress", "NodeManagerHostname", "Resources", "DeathReasonMessage")
-    out["nodes"] = [{k: n.get(k) for k in keep} for n in ray.nodes()]
-    out["resources"] = ray.cluster_resources()
-    out["available"] = ray.available_resources()
-    out["ok"] = True
-except BaseException as exc:
-    out["error"] = "%s: %s" % (type(exc).__name__, str(exc)[:2000])
-finally:
-    try:
-        ray.shutdown()
-    except BaseException:
-        pass
-print("SPARKCTL-RAY-VIEW " + json.dumps(out, default=str), flush=True)
-"""
-
-# Runs on a node with the node's plain python3 (standard library): the Ray
-# processes on this host, as `ray stop` would find them, each with its tag.
-HOST_SCAN_SCRIPT = r"""
-import json, os, sys
-NAMES = ("raylet", "plasma_store", "gcs_server")
-ARGS = ("monitor.py", "ray.util.client.server", "default_worker.py", "setup_worker.py", "ray::",
-        "log_monitor.py", "dashboard/agent.py", "dashboard/dashboard.py", "runtime_env/agent/main.py",
-        "ray_process_reaper.py", "io.ray.runtime.runner.worker.DefaultWorker")
-found = []
-for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
-    if pid == os.getpid():
-        continue
-    try:
-        comm = open("/proc/%d/comm" % pid).read().strip()
-        cmd = open("/proc/%d/cmdline" % pid, "rb").read().replace(b"\0", b" ").decode("utf-8", "replace")
-        fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    except OSError:
-        continue
-    state, pgid = fields[0], int(fields[2])
-    if state == "Z":
-        continue
-    if not (any(n in comm for n in NAMES) or comm.startswith("ray::") or any(a in cmd for a in ARGS)):
-        continue
-    tag = None
-    try:
-        for entry in open("/proc/%d/environ" % pid, "rb").read().split(b"\0"):
-            if entry.startswith(b"SPARKCTL_TAG="):
-                tag = entry[13:].decode("utf-8", "replace")
-    except OSError:
-        tag = "?"  # another user's process: not readable, certainly not ours
-    found.append({"pid": pid, "pgid": pgid, "comm": comm, "cmdline": cmd[:200], "tag": tag})
-print(json.dumps(found))
-"""
-
-# Runs on a node with its plain python3: stop the node's `ray start --block`
-# by its recorded pid (SIGTERM: it stops its raylet, GCS and agents itself;
-# SIGKILL after grace_s), then SIGKILL whatever is left of it. Ray titles its
-# agents with setproctitle ("ray::DashboardAgent"), which overwrites their
-# environment, so they no longer carry sparkctl's tag; they are recognised by
-# the process group sparkctl's launch created (not reusable while it has
-# members) and by their open files in this node's own Ray temp dir (unique to
-# user, cluster and node). argv: JSON {pid, pgid, starttime (or nulls when no
-# record is left), grace_s, tag_prefix, temp_dir}.
-GROUP_STOP_SCRIPT = r"""
-import json, os, signal, sys, time
-req = json.loads(sys.argv[1])
-temp = req["temp_dir"].rstrip("/") + "/"
-skip = {os.getpid(), os.getppid()}
-def stat(pid):
-    try:
-        raw = open("/proc/%d/stat" % pid).read()
-    except OSError:
-        return None
-    rest = raw[raw.rfind(")") + 2:].split()
-    return rest[0], int(rest[2]), int(rest[19])
-def tag(pid):
-    try:
-        for entry in open("/proc/%d/environ" % pid, "rb").read().split(b"\0"):
-            if entry.startswith(b"SPARKCTL_TAG="):
-                return entry[13:].decode("utf-8", "replace")
-    except OSError:
-        return "?"
-    return None
-def rayish(pid):
-    try:
-        comm = open("/proc/%d/comm" % pid).read().strip()
-        cmd = open("/proc/%d/cmdline" % pid, "rb").read()
-    except OSError:
-        return False
-    return comm.startswith("ray::") or comm in ("raylet", "gcs_server", "plasma_store") or b"/ray/" in cmd
-def uses_temp(pid):
-    if not rayish(pid):
-        return False  # e.g. someone's `tail -f` on a Ray log is left alone
-    try:
-        if temp.encode() in open("/proc/%d/cmdline" % pid, "rb").read():
-            return True
-        if (os.readlink("/proc/%d/cwd" % pid) + "/").startswith(temp):
-            return True
-        for fd in os.listdir("/proc/%d/fd" % pid):
-            try:
-                if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith(temp):
-                    return True
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return False
-def leftovers():
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in skip:
-            continue
-        pid = int(name)
-        st = stat(pid)
-        if st is None or st[0] == "Z":
-            continue
-        t = tag(pid)
-        if t is not None and t != "?" and not t.startswith(req["tag_prefix"]):
-            continue  # someone else's process, whatever it touches
-        in_group = req.get("pgid") is not None and st[1] == req["pgid"] and st[2] >= (req.get("starttime") or 0)
-        if (in_group and t != "?") or uses_temp(pid):
-            out.append(pid)
-    return out
-def leader_alive():
-    if not req.get("pid"):
-        return False
-    st = stat(req["pid"])
-    return st is not None and st[0] != "Z" and st[2] == req["starttime"]
-started = time.time()
-result = {"leader": "no record" if not req.get("pid") else "gone", "pgid": req.get("pgid"), "killed": [], "remaining": []}
-def cmdline(pid):
-    try:
-        return open("/proc/%d/cmdline" % pid, "rb").read().replace(b"\0", b" ").decode("utf-8", "replace").strip()[:200]
-    except OSError:
-        return ""
-found = leftovers()
-if leader_alive() and req["pid"] not in found:
-    found.insert(0, req["pid"])
-result["stopped"] = [{"pid": pid, "cmdline": cmdline(pid)} for pid in found]
-if leader_alive():
-    os.kill(req["pid"], signal.SIGTERM)
-    result["leader"] = "terminated"
-    deadline = started + req["grace_s"]
-    while time.time() < deadline and (leader_alive() or leftovers()):
-        time.sleep(0.25)
-    if leader_alive():
-        os.kill(req["pid"], signal.SIGKILL)
-        result["leader"] = "killed"
-    result["leader_s"] = round(time.time() - started, 2)
-for pid in leftovers():
-    try:
-        os.kill(pid, signal.SIGKILL)
-        result["killed"].append(pid)
-    except OSError:
-        pass
-deadline = time.time() + 10
-while time.time() < deadline and leftovers():
-    time.sleep(0.1)
-result["remaining"] = leftovers()
-result["elapsed_s"] = round(time.time() - started, 2)
-print(json.dumps(result))
-"""
-
-REMOVE_SCRIPT = r"""
-import json, os, sys
-removed = []
-for path in sys.argv[1:]:
-    try:
-        os.unlink(path)
-        removed.append(path)
-    except FileNotFoundError:
-        pass
-print(json.dumps(removed))
-"""
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +62,7 @@ print(json.dumps(removed))
 @dataclass
 class RayCluster:
     plan: RayPlan
-    processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node -> `ray start` process as launched
+    processes: dict[str, ProcessRecord] = field(default_factory=dict)  # node -> `ray start` process as launched
     membership: Membership | None = None
     view: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -241,7 +71,7 @@ class RayCluster:
         return {
             "address": self.plan.gcs_address,
             "plan": self.plan.to_dict(),
-            "processes": {n: {"pid": p.get("pid"), "log": p.get("log")} for n, p in self.processes.items()},
+            "processes": {n: {"pid": p.pid, "log": p.log} for n, p in self.processes.items()},
             "membership": self.membership.to_dict() if self.membership else None,
             "ray_version": self.view.get("ray_version"),
             "timings": dict(self.timings),
@@ -256,8 +86,8 @@ class RayLaunch:
     plan: RayPlan
     cluster: RayCluster
     specs: list[ProcessSpec]
-    launched: dict[str, dict[str, Any]]  # node -> process (the head: vLLM; a worker: its `ray start`)
-    serve: dict[str, Any]
+    launched: dict[str, ProcessRecord]  # node -> process (the head: vLLM; a worker: its `ray start`)
+    serve: ProcessRecord
 
 
 @dataclass
@@ -307,27 +137,27 @@ class RayNodeStop:
 # ---------------------------------------------------------------------------
 # planning (asks the nodes: Ray's command, its Python, busy ports, hostnames)
 # ---------------------------------------------------------------------------
-def prepare_ray(nodes: Nodes, inventory: Inventory, playbook: Playbook, plans: dict[str, HostPlan], reporter: Reporter) -> RayPlan:
+def prepare_ray(nodes: AgentClient, inventory: Inventory, playbook: Playbook, plans: dict[str, HostPlan], reporter: Reporter) -> RayPlan:
     """Probe every node for the `ray` command, its interpreter and Ray's ports,
     then plan. Ports held by this cluster's own processes count as free (a
     re-run of `up` replaces them)."""
     command = ray_command(playbook)
     candidates = port_candidates(inventory, playbook)
-    outcomes = nodes.call_all("probe", lambda n: {"commands": [command[0]], "ports": candidates.get(n.name, [])}, timeout_s=60)
-    values_or_raise(outcomes, "could not be asked about Ray")
+    outcomes = nodes.call_all(
+        lambda n: ProbeRequest(commands=(command[0],), ports=tuple(candidates.get(n.name, []))), timeout_s=60)
+    replies = values_or_raise(outcomes, "could not be asked about Ray")
     problems: list[str] = []
     busy: dict[str, list[int]] = {}
     hostnames: dict[str, str] = {}
     pythons: dict[str, str | None] = {}
     ours = f"{inventory.cluster}/"
     for node in inventory.nodes:
-        facts = outcomes[node.name].value or {}
-        found = (facts.get("commands") or {}).get(command[0])
-        if found is None:
+        facts = replies[node.name]
+        if facts.commands.get(command[0]) is None:
             problems.append(f"{node.name}: Ray command {command[0]!r} not found")
-        pythons[node.name] = (facts.get("interpreters") or {}).get(command[0])
-        hostnames[node.name] = facts.get("hostname") or ""
-        busy[node.name] = [hit["port"] for hit in facts.get("in_use", []) if not str(hit.get("tag") or "").startswith(ours)]
+        pythons[node.name] = facts.interpreters.get(command[0])
+        hostnames[node.name] = facts.hostname
+        busy[node.name] = [hit.port for hit in facts.in_use if not (hit.tag or "").startswith(ours)]
     if problems:
         raise OperationFailed(
             "Ray is not installed where the playbook says",
@@ -348,7 +178,7 @@ def prepare_ray(nodes: Nodes, inventory: Inventory, playbook: Playbook, plans: d
 # bring-up
 # ---------------------------------------------------------------------------
 def start_ray_cluster(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     playbook: Playbook,
     plans: dict[str, HostPlan],
@@ -407,7 +237,7 @@ def start_ray_cluster(
 
 
 def launch_ray_backend(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     playbook: Playbook,
     plans: dict[str, HostPlan],
@@ -433,20 +263,20 @@ def launch_ray_backend(
 
 
 def _launch(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     specs: list[ProcessSpec],
     secrets: dict[str, str],
     reporter: Reporter,
     files: dict[str, dict[str, str]],
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ProcessRecord]:
     return launch_specs(nodes, inventory, specs, reporter, secrets=secrets, files=files)
 
 
 class _LogWatch:
     """Each node's `ray start` record and log, read incrementally."""
 
-    def __init__(self, nodes: Nodes, inventory: Inventory, names: list[str]):
+    def __init__(self, nodes: AgentClient, inventory: Inventory, names: list[str]):
         self.nodes = nodes
         self.inventory = inventory
         self.names = names
@@ -458,12 +288,7 @@ class _LogWatch:
     def poll(self, names: list[str]) -> None:
         cluster = self.inventory.cluster
         outcomes = self.nodes.call_all(
-            "status",
-            lambda n: {
-                "tag_prefix": tag_prefix(cluster, n, ROLE),
-                "record_dir": record_dir(n, cluster),
-                "logs": [{"path": self.paths[n.name], "offset": self.offsets[n.name]}],
-            },
+            lambda n: status_request(cluster, n, ROLE, logs=(LogCursor(self.paths[n.name], self.offsets[n.name]),)),
             nodes=[self.inventory.node(name) for name in names],
             timeout_s=30,
         )
@@ -471,12 +296,12 @@ class _LogWatch:
             if outcome.error is not None:
                 raise OperationFailed(f"{name}: lost contact while Ray was starting: {outcome.error}",
                                       hint=getattr(outcome.error, "hint", None))
-            reply = outcome.value or {}
-            for log in reply.get("logs", []):
-                self.text[name] = (self.text[name] + log.get("data", ""))[-256 * 1024:]
-                self.offsets[name] = log.get("offset", self.offsets[name])
-            record = next((r for r in reply.get("records", []) if r.get("role") == ROLE), None)
-            self.alive[name] = bool(record and record.get("alive"))
+            reply = outcome.result()
+            for log in reply.logs:
+                self.text[name] = (self.text[name] + log.data)[-256 * 1024:]
+                self.offsets[name] = log.offset
+            record = reply.record(ROLE)
+            self.alive[name] = bool(record and record.alive)
 
     def tail(self, name: str, count: int = 15) -> list[str]:
         return [line for line in self.text[name].splitlines() if line.strip()][-count:]
@@ -486,7 +311,7 @@ class _LogWatch:
 
 
 def _wait_for(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     plan: RayPlan,
     watch: _LogWatch,
@@ -583,57 +408,55 @@ def _join_deadline(plan: RayPlan, watch: _LogWatch, membership: Membership, what
     )
 
 
-def ray_cluster_view(nodes: Nodes, head: Node, python: str, address: str, node_ip: str) -> dict[str, Any]:
+def ray_cluster_view(nodes: AgentClient, head: Node, python: str, address: str, node_ip: str) -> dict[str, Any]:
     """Ray's own view (`ray.nodes()`, `ray.cluster_resources()`) read on the head."""
     try:
-        reply = nodes.call(
-            head, "exec", timeout_s=VIEW_TIMEOUT_S + 30,
-            argv=[python, "-c", VIEW_SCRIPT, address, node_ip],
+        reply = nodes.call(head, ExecRequest(
+            argv=(python, address, node_ip), program="sparkctl.agent.ray_view",
             env={"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"},
             command_timeout_s=VIEW_TIMEOUT_S,
-        )
+        ), timeout_s=VIEW_TIMEOUT_S + 30)
     except SparkctlError as exc:
         return {"ok": False, "error": f"could not ask the head: {exc}"}
-    for line in reversed((reply.get("stdout") or "").splitlines()):
+    for line in reversed(reply.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
             try:
                 return json.loads(line[len(RESULT_MARKER):])
             except ValueError:
                 break
-    tail = " | ".join((reply.get("stderr") or "").strip().splitlines()[-3:])
-    if reply.get("timed_out"):
+    tail = " | ".join(reply.stderr.strip().splitlines()[-3:])
+    if reply.timed_out:
         return {"ok": False, "error": f"ray.init({address}) did not answer within {VIEW_TIMEOUT_S:.0f}s {tail}".strip()}
-    return {"ok": False, "error": f"{python} exited {reply.get('rc')}: {tail or 'no output'}"}
+    return {"ok": False, "error": f"{python} exited {reply.rc}: {tail or 'no output'}"}
 
 
 # ---------------------------------------------------------------------------
 # status
 # ---------------------------------------------------------------------------
-def ray_view(nodes: Nodes, inventory: Inventory) -> dict[str, Any]:
+def ray_view(nodes: AgentClient, inventory: Inventory) -> dict[str, Any]:
     """Ray's view for `status`, found from the head's own record of its
     `ray start` (no playbook or local state needed): address, Ray's nodes
     mapped to inventory nodes, resources, and what does not match."""
     head = inventory.head
     try:
-        reply = nodes.call(head, "status", tag_prefix=tag_prefix(inventory.cluster, head, ROLE),
-                           record_dir=record_dir(head, inventory.cluster), timeout_s=30)
+        reply = nodes.call(head, status_request(inventory.cluster, head, ROLE), timeout_s=30)
     except SparkctlError as exc:
         return {"running": False, "error": str(exc)}
-    record = next((r for r in reply.get("records", []) if r.get("role") == ROLE), None)
-    if record is None or not record.get("alive"):
+    record = reply.record(ROLE)
+    if record is None or not record.alive:
         return {"running": False}
-    argv = [str(a) for a in record.get("argv") or []]
+    argv = list(record.argv)
     flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
     address = f"{flags.get('node-ip-address', head.address)}:{flags.get('port', '6379')}"
     command = argv[: argv.index("start")] if "start" in argv else argv[:1]
     python = command[0] if len(command) > 1 else None
     if python is None:
-        probe = nodes.call(head, "probe", commands=[command[0]], timeout_s=30)
-        python = (probe.get("interpreters") or {}).get(command[0])
+        probe = nodes.call(head, ProbeRequest(commands=(command[0],)), timeout_s=30)
+        python = probe.interpreters.get(command[0])
     if python is None:
         return {"running": True, "address": address, "error": f"cannot tell which Python runs {command[0]}"}
     view = ray_cluster_view(nodes, head, python, address, flags.get("node-ip-address", head.address))
-    out: dict[str, Any] = {"running": True, "address": address, "pid": record.get("pid")}
+    out: dict[str, Any] = {"running": True, "address": address, "pid": record.pid}
     if not view.get("ok"):
         out["error"] = view.get("error")
         return out
@@ -653,7 +476,7 @@ def ray_view(nodes: Nodes, inventory: Inventory) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 # teardown
 # ---------------------------------------------------------------------------
-def stop_ray(nodes: Nodes, inventory: Inventory, reporter: Reporter, *, grace_s: float = 30.0) -> dict[str, RayNodeStop]:
+def stop_ray(nodes: AgentClient, inventory: Inventory, reporter: Reporter, *, grace_s: float = 30.0) -> dict[str, RayNodeStop]:
     """vLLM first; then each node's `ray start --block` by its recorded pid
     (SIGTERM, which makes it stop its raylet, GCS and agents; SIGKILL after
     grace_s), then whatever is left in its process group, then anything still
@@ -665,33 +488,25 @@ def stop_ray(nodes: Nodes, inventory: Inventory, reporter: Reporter, *, grace_s:
     records = _ray_records(nodes, inventory)
     for name, stop in stop_all(nodes, inventory, grace_s=grace_s, ports={}, reporter=reporter, role=SERVE_ROLE).items():
         results[name].vllm = stop
-    def request(n: Node) -> dict[str, Any]:
-        rec = records.get(n.name) if (records.get(n.name) or {}).get("alive") else None
-        return {
-            "argv": [n.python, "-c", GROUP_STOP_SCRIPT, json.dumps({
-                "pid": rec["pid"] if rec else None,
-                "pgid": (rec.get("pgid") or rec["pid"]) if rec else None,
-                "starttime": rec["starttime"] if rec else None,
-                "grace_s": grace_s,
-                "tag_prefix": tag_prefix(inventory.cluster, n, ROLE),
-                "temp_dir": temp_dir(inventory, n),
-            })],
-            "command_timeout_s": grace_s + 60,
-        }
 
-    for name, outcome in nodes.call_all("exec", request, timeout_s=grace_s + 90).items():
+    def request(n: Node) -> RayGroupStopRequest:
+        rec = records.get(n.name)
+        rec = rec if rec is not None and rec.alive else None
+        return RayGroupStopRequest(
+            tag_prefix=tag_prefix(inventory.cluster, n, ROLE), temp_dir=temp_dir(inventory, n), grace_s=grace_s,
+            pid=rec.pid if rec else None, pgid=(rec.pgid or rec.pid) if rec else None,
+            starttime=rec.starttime if rec else None,
+        )
+
+    for name, outcome in nodes.call_all(request, timeout_s=grace_s + 90).items():
         if outcome.error is not None:
             results[name].error = str(outcome.error)
             continue
-        reply = outcome.value or {}
-        try:
-            results[name].group = json.loads(reply.get("stdout") or "{}")
-        except ValueError:
-            results[name].group = {"error": (reply.get("stderr") or "")[-300:]}
-        group = results[name].group
+        group = {k: v for k, v in to_wire(outcome.result()).items() if v is not None or k == "pgid"}
+        results[name].group = group
         if group.get("leader") in ("terminated", "killed"):
             how = "stopped by SIGTERM" if group["leader"] == "terminated" else "needed SIGKILL"
-            reporter.event(name, f"Ray (`ray start` pid {records[name]['pid']}) {how} in {group.get('elapsed_s', '?')}s")
+            reporter.event(name, f"Ray (`ray start` pid {records[name].pid}) {how} in {group.get('elapsed_s', '?')}s")
         if group.get("killed"):
             reporter.event(name, f"killed {len(group['killed'])} leftover Ray process(es) of this node")
     for name, stop in stop_all(nodes, inventory, grace_s=min(grace_s, 10.0), ports={}, reporter=reporter, role=ROLE).items():
@@ -707,27 +522,26 @@ def stop_ray(nodes: Nodes, inventory: Inventory, reporter: Reporter, *, grace_s:
             command = _ray_command_of(records.get(node.name))
             _last_resort(nodes, inventory, node, command, result, reporter)
         try:
-            reply = nodes.call(node, "exec", argv=[node.python, "-c", REMOVE_SCRIPT, f"{temp_dir(inventory, node)}/ray_current_cluster"],
-                               timeout_s=30, command_timeout_s=20)
-            result.removed = json.loads(reply.get("stdout") or "[]") if reply.get("rc") == 0 else []
-        except (SparkctlError, ValueError) as exc:
+            removal = nodes.call(node, RemoveRequest(paths=(f"{temp_dir(inventory, node)}/ray_current_cluster",)),
+                                 timeout_s=30)
+            result.removed = list(removal.removed)
+        except SparkctlError as exc:
             result.error = f"could not clean Ray's temp dir: {exc}"
     return results
 
 
-def _ray_records(nodes: Nodes, inventory: Inventory) -> dict[str, dict[str, Any]]:
-    outcomes = nodes.call_all("status", lambda n: {"tag_prefix": tag_prefix(inventory.cluster, n, ROLE),
-                                                    "record_dir": record_dir(n, inventory.cluster)}, timeout_s=30)
-    found: dict[str, dict[str, Any]] = {}
+def _ray_records(nodes: AgentClient, inventory: Inventory) -> dict[str, RecordStatus]:
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n, ROLE), timeout_s=30)
+    found: dict[str, RecordStatus] = {}
     for name, outcome in outcomes.items():
-        for record in (outcome.value or {}).get("records", []):
-            if record.get("role") == ROLE and record.get("pid") and record.get("starttime") is not None:
-                found[name] = record
+        record = outcome.value.record(ROLE) if outcome.value is not None else None
+        if record is not None and record.pid and record.starttime is not None:
+            found[name] = record
     return found
 
 
-def _ray_command_of(record: dict[str, Any] | None) -> list[str] | None:
-    argv = [str(a) for a in (record or {}).get("argv") or []]
+def _ray_command_of(record: RecordStatus | None) -> list[str] | None:
+    argv = list(record.argv) if record is not None else []
     return argv[: argv.index("start")] if "start" in argv else None
 
 
@@ -750,12 +564,12 @@ def ray_stop_allowed(processes: list[dict[str, Any]], cluster: str, our_groups: 
     return True, "every Ray process on the host is this cluster's"
 
 
-def _last_resort(nodes: Nodes, inventory: Inventory, node: Node, command: list[str] | None, result: RayNodeStop,
+def _last_resort(nodes: AgentClient, inventory: Inventory, node: Node, command: list[str] | None, result: RayNodeStop,
                  reporter: Reporter) -> None:
     try:
-        scan = nodes.call(node, "exec", argv=[node.python, "-c", HOST_SCAN_SCRIPT], timeout_s=60, command_timeout_s=30)
-        processes = json.loads(scan.get("stdout") or "[]")
-    except (SparkctlError, ValueError) as exc:
+        scan = nodes.call(node, HostScanRequest(), timeout_s=60)
+        processes = [to_wire(p) for p in scan.processes]
+    except SparkctlError as exc:
         result.refused = f"Ray processes survived SIGKILL and the host could not be scanned: {exc}"
         return
     groups = [result.group.get("pgid")] if result.group.get("pgid") else []
@@ -765,7 +579,7 @@ def _last_resort(nodes: Nodes, inventory: Inventory, node: Node, command: list[s
         reporter.event(node.name, result.refused)
         return
     reporter.event(node.name, f"Ray processes survived SIGKILL; running `ray stop --force` ({why})")
-    nodes.call(node, "exec", argv=[*command, "stop", "--force"], timeout_s=120, command_timeout_s=90)
+    nodes.call(node, ExecRequest(argv=(*command, "stop", "--force"), command_timeout_s=90), timeout_s=120)
     result.forced = True
     again = stop_all(nodes, inventory, grace_s=5, ports={}, reporter=reporter, role=ROLE)
     if node.name in again:

@@ -10,14 +10,16 @@ import hashlib
 import json
 import secrets as pysecrets
 import time
-from typing import Any
-
+from typing import TypeVar
 from sparkctl.backends.common import ProcessSpec, log_path, node_dir, record_dir, tag_prefix
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import LaunchRequest, ProcessRecord
 from sparkctl.errors import OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
-from sparkctl.ops.nodes import Nodes
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import Outcome
+
+R = TypeVar("R")
 
 
 def new_launch_id() -> str:
@@ -39,27 +41,26 @@ def launch_request(
     secrets: dict[str, str] | None = None,
     files: dict[str, str] | None = None,
     exit_status: bool = False,
-) -> dict[str, Any]:
+) -> LaunchRequest:
     """The agent's `launch` request for one process (see node_agent.op_launch)."""
     cluster = inventory.cluster
-    request: dict[str, Any] = {
-        "argv": list(spec.argv),
-        "env": {**spec.env, **{k: v for k, v in (secrets or {}).items() if k in spec.forward_env}},
-        "log": log_path(node, cluster, spec.role),
-        "record": f"{record_dir(node, cluster)}/{spec.role}.json",
-        "tag": f"{tag_prefix(cluster, node, spec.role)}{launch_id}",
-        "role": spec.role,
-        "plan_digest": plan_digest(spec),
-        "files": files or {},
-    }
-    if exit_status:  # groups that run to completion: a waiter records the exit status
-        request["exit_file"] = f"{node_dir(node, cluster)}/{spec.role}.exit"
-        request["cwd"] = node_dir(node, cluster)
-    return request
+    return LaunchRequest(
+        argv=tuple(spec.argv),
+        env={**spec.env, **{k: v for k, v in (secrets or {}).items() if k in spec.forward_env}},
+        log=log_path(node, cluster, spec.role),
+        record=f"{record_dir(node, cluster)}/{spec.role}.json",
+        tag=f"{tag_prefix(cluster, node, spec.role)}{launch_id}",
+        role=spec.role,
+        plan_digest=plan_digest(spec),
+        files=files or {},
+        # groups that run to completion: a waiter records the exit status
+        exit_file=f"{node_dir(node, cluster)}/{spec.role}.exit" if exit_status else None,
+        cwd=node_dir(node, cluster) if exit_status else None,
+    )
 
 
 def launch_specs(
-    nodes: Nodes,
+    nodes: AgentClient,
     inventory: Inventory,
     specs: list[ProcessSpec],
     reporter: Reporter,
@@ -67,21 +68,20 @@ def launch_specs(
     secrets: dict[str, str] | None = None,
     files: dict[str, dict[str, str]] | None = None,
     exit_status: bool = False,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ProcessRecord]:
     """Launch every spec (one per node) in parallel; {node: the process as the node
     reports it}. Raises OperationFailed naming the nodes that failed; the caller
     stops what did start (it knows how: Ray, a group, a cluster)."""
     launch_id = new_launch_id()
     by_node = {spec.node: spec for spec in specs}
     outcomes = nodes.call_all(
-        "launch",
         lambda n: launch_request(inventory, n, by_node[n.name], launch_id, secrets=secrets,
                                  files=(files or {}).get(n.name), exit_status=exit_status),
         nodes=[inventory.node(s.node) for s in specs],
     )
-    launched = {name: o.value["process"] for name, o in outcomes.items() if o.value}
+    launched = {name: o.value.process for name, o in outcomes.items() if o.value}
     for name, process in launched.items():
-        reporter.event(name, f"started {by_node[name].role} pid {process['pid']} (log {process['log']})")
+        reporter.event(name, f"started {by_node[name].role} pid {process.pid} (log {process.log})")
     failures = {name: o.error for name, o in outcomes.items() if o.error is not None}
     if failures:
         roles = ", ".join(sorted({by_node[n].role for n in failures}))
@@ -93,7 +93,7 @@ def launch_specs(
     return launched
 
 
-def values_or_raise(outcomes: dict[str, Outcome[dict]], what: str = "could not be reached") -> dict[str, dict]:
+def values_or_raise(outcomes: dict[str, Outcome[R]], what: str = "could not be reached") -> dict[str, R]:
     """Every node's reply, or one error naming every node that failed."""
     failed = [o.error for o in outcomes.values() if o.error is not None]
     if failed:
@@ -101,4 +101,4 @@ def values_or_raise(outcomes: dict[str, Outcome[dict]], what: str = "could not b
             raise failed[0]
         raise OperationFailed(f"{len(failed)} node(s) {what}", details=[str(e) for e in failed],
                               hint=getattr(failed[0], "hint", None))
-    return {name: o.value or {} for name, o in outcomes.items()}
+    return {name: o.value for name, o in outcomes.items() if o.value is not None}

@@ -1,0 +1,182 @@
+"""The serving backends behind `up`, `down` and `status`: one interface, chosen
+once from the playbook (`backend_for`) or, without one, from what the nodes
+keep (`backend_found`).
+
+    plan(nodes, hosts, reporter) -> ServePlan   what will run where; asks the nodes, starts nothing
+    launch(nodes, plan, secrets, reporter)      starts it; returns what readiness watches
+    observe(nodes) -> dict | None               the backend's own view for `status` (Ray's), if any
+    stop(nodes, reporter, grace_s, ports)       everything this cluster runs, verified, one report per node
+
+Teardown on failure has one owner at a time:
+  * `launch` returns with every process started, or raises after stopping what
+    it started, exactly once (a Ray that cannot join is stopped once, by
+    start_ray_cluster, and nobody else);
+  * once `launch` has returned, the caller owns the cluster: `up` calls `stop`
+    when readiness fails or the user interrupts, and `down` calls it on request.
+
+A further layout (data-parallel replicas, replicas behind a router) is one more
+implementation: its plan is the ProcessSpecs each node runs (the convergence
+check compares them by digest) plus whatever its launch needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import ProcessRecord, StatusReply
+from sparkctl.backends.common import ProcessSpec, status_request
+from sparkctl.backends.mp import plan_mp
+from sparkctl.backends.ray import ROLE as RAY_ROLE
+from sparkctl.backends.ray import RayPlan
+from sparkctl.backends.ray_cluster import RayNodeStop, launch_ray_backend, prepare_ray, ray_view, stop_ray
+from sparkctl.errors import SparkctlError
+from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.launch import launch_specs
+from sparkctl.lifecycle.stop import NodeStop, stop_all
+from sparkctl.netplan import HostPlan
+from sparkctl.playbook import Playbook
+from sparkctl.progress import Reporter
+
+P = TypeVar("P", bound="ServePlan")
+
+
+@dataclass(frozen=True)
+class ServePlan:
+    """What a backend will leave running: one or more ProcessSpecs per node."""
+
+    specs: tuple[ProcessSpec, ...]
+    control_port: int  # the head's rendezvous (mp) or GCS (ray) port, recorded for `down`'s port check
+
+
+@dataclass(frozen=True)
+class RayServePlan(ServePlan):
+    ray: RayPlan
+
+
+@dataclass(frozen=True)
+class Launched:
+    processes: dict[str, ProcessRecord]  # node -> the process that serves there (vLLM; a Ray worker's `ray start`)
+    watch: tuple[ProcessSpec, ...]  # one per node: what readiness watches
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol, Generic[P]):
+    name: str
+
+    def plan(self, nodes: AgentClient, hosts: dict[str, HostPlan], reporter: Reporter) -> P: ...
+
+    def launch(self, nodes: AgentClient, plan: P, secrets: dict[str, str], reporter: Reporter) -> Launched: ...
+
+    def observe(self, nodes: AgentClient) -> dict[str, Any] | None: ...
+
+    def stop(self, nodes: AgentClient, reporter: Reporter, *, grace_s: float,
+             ports: dict[str, list[int]]) -> dict[str, NodeStop]: ...
+
+
+class MpBackend:
+    """vLLM's own multi-node executor: one `vllm serve` per node (the head serves HTTP)."""
+
+    name = "mp"
+
+    def __init__(self, inventory: Inventory, playbook: Playbook | None = None):
+        self.inventory = inventory
+        self.playbook = playbook
+
+    def plan(self, nodes: AgentClient, hosts: dict[str, HostPlan], reporter: Reporter) -> ServePlan:
+        playbook = _required(self.playbook)
+        return ServePlan(tuple(plan_mp(self.inventory, playbook, hosts)), playbook.master_port)
+
+    def launch(self, nodes: AgentClient, plan: ServePlan, secrets: dict[str, str], reporter: Reporter) -> Launched:
+        try:
+            processes = launch_specs(nodes, self.inventory, list(plan.specs), reporter, secrets=secrets)
+        except (SparkctlError, KeyboardInterrupt):
+            stop_all(nodes, self.inventory, grace_s=10, ports={}, reporter=reporter)  # whatever did start
+            raise
+        return Launched(processes, plan.specs)
+
+    def observe(self, nodes: AgentClient) -> dict[str, Any] | None:
+        return None
+
+    def stop(self, nodes: AgentClient, reporter: Reporter, *, grace_s: float,
+             ports: dict[str, list[int]]) -> dict[str, NodeStop]:
+        return stop_all(nodes, self.inventory, grace_s=grace_s, ports=ports, reporter=reporter)
+
+
+class RayBackend:
+    """A Ray cluster (a `ray start` per node, membership verified through Ray's
+    API), then `vllm serve --distributed-executor-backend ray` on the head."""
+
+    name = "ray"
+
+    def __init__(self, inventory: Inventory, playbook: Playbook | None = None):
+        self.inventory = inventory
+        self.playbook = playbook
+
+    def plan(self, nodes: AgentClient, hosts: dict[str, HostPlan], reporter: Reporter) -> RayServePlan:
+        ray = prepare_ray(nodes, self.inventory, _required(self.playbook), hosts, reporter)
+        return RayServePlan(tuple(ray.specs), ray.gcs_port, ray)
+
+    def launch(self, nodes: AgentClient, plan: RayServePlan, secrets: dict[str, str], reporter: Reporter) -> Launched:
+        ray = plan.ray
+        launch = launch_ray_backend(nodes, self.inventory, _required(self.playbook), {}, secrets, reporter, plan=ray)
+        return Launched(launch.launched, tuple(launch.specs), {"ray": launch.cluster.to_dict()})
+
+    def observe(self, nodes: AgentClient) -> dict[str, Any] | None:
+        return ray_view(nodes, self.inventory)
+
+    def stop(self, nodes: AgentClient, reporter: Reporter, *, grace_s: float,
+             ports: dict[str, list[int]]) -> dict[str, NodeStop]:
+        """Ray first (it has its own order and last resort), then whatever else the cluster runs."""
+        ray = stop_ray(nodes, self.inventory, reporter, grace_s=grace_s)
+        results = stop_all(nodes, self.inventory, grace_s=grace_s, ports=ports, reporter=reporter)
+        _merge_ray(results, ray)
+        return results
+
+
+BACKENDS: dict[str, type[MpBackend] | type[RayBackend]] = {"mp": MpBackend, "ray": RayBackend}
+
+
+def backend_for(inventory: Inventory, playbook: Playbook) -> MpBackend | RayBackend:
+    """The backend the playbook asks for: the one place `playbook.backend` is read."""
+    return BACKENDS[playbook.backend](inventory, playbook)
+
+
+def backend_found(nodes: AgentClient, inventory: Inventory, recorded: str | None = None,
+                  statuses: dict[str, StatusReply] | None = None) -> MpBackend | RayBackend:
+    """The backend that runs (or ran) here, without a playbook: the one the local
+    state recorded, else Ray when any node keeps a Ray record or Ray process of
+    this cluster (statuses: replies already at hand, saving a round trip)."""
+    if recorded == "ray" or ray_recorded(nodes, inventory, statuses):
+        return RayBackend(inventory)
+    return MpBackend(inventory)
+
+
+def ray_recorded(nodes: AgentClient, inventory: Inventory, statuses: dict[str, StatusReply] | None = None) -> bool:
+    if statuses is not None:
+        return any(reply.record(RAY_ROLE) is not None for reply in statuses.values())
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n, RAY_ROLE), timeout_s=30)
+    replies = [o.value for o in outcomes.values() if o.value is not None]
+    return any(r.record(RAY_ROLE) is not None or r.processes for r in replies)
+
+
+def _merge_ray(results: dict[str, NodeStop], ray: dict[str, RayNodeStop]) -> None:
+    """One report per node: what stop_ray stopped counts as stopped; what it could not, as a failure."""
+    for name, stopped in ray.items():
+        node = results.setdefault(name, NodeStop(name))
+        ray_pids = {p.get("pid") for p in stopped.stopped}
+        node.stopped = [*stopped.stopped, *[p for p in node.stopped if p.get("pid") not in ray_pids]]
+        if stopped.clean:
+            continue
+        if stopped.error and node.error is None:
+            node.error = stopped.error  # the node could not be asked
+        elif not stopped.error:
+            survivors = (stopped.ray.remaining if stopped.ray else []) or stopped.group.get("remaining") or []
+            node.remaining.extend(survivors or [{"pid": None, "cmdline": stopped.refused or "Ray left processes"}])
+
+
+def _required(playbook: Playbook | None) -> Playbook:
+    if playbook is None:
+        raise TypeError("planning and launching need the playbook")  # a bug in the caller, not user input
+    return playbook
