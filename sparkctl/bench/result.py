@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sparkctl.bench.options import BenchOptions, Slo
+from sparkctl.bench.options import Slo
 from sparkctl.bench.stats import StepResult
 from sparkctl.errors import InputError, OperationFailed
 
