@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -148,14 +149,84 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 
+def _observe_flags(args: argparse.Namespace) -> None:
+    from sparkctl.bench.options import positive
+
+    positive("--interval", args.interval)
+    positive("--wedge-after", args.wedge_after)
+    positive("--canary", args.canary)
+    if hasattr(args, "sample"):
+        positive("--sample", args.sample, allow_zero=True)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from sparkctl.ops.status import status
 
+    _observe_flags(args)
     inventory, playbook = _load(args, playbook="optional")
-    result = status(inventory, playbook=playbook)
+    api_key = os.environ.get(args.api_key_env) or None
+    if args.watch:
+        return _watch_status(args, inventory, playbook, api_key)
+    result = status(inventory, playbook=playbook, sample_s=args.sample, wedge_after_s=args.wedge_after,
+                    canary_timeout_s=args.canary, api_key=api_key)
     _emit(args, result.to_dict, lambda: render.status_text(result))
-    return {"serving": 0, "stopped": 0, "unreachable": int(ExitCode.UNREACHABLE)}.get(result.state, int(ExitCode.FAILED))
+    return result.exit_code
 
+
+def _watch_status(args: argparse.Namespace, inventory: Any, playbook: Any, api_key: str | None) -> int:
+    """Redraw in place on a terminal; one JSON object per line with --json; Ctrl-C ends it with 0."""
+    from sparkctl.bench.result import finite
+    from sparkctl.ops.watch import watch
+
+    trends: dict[str, list[float | None]] = {}
+    tty = sys.stdout.isatty()
+    try:
+        for result in watch(inventory, playbook=playbook, interval_s=args.interval, wedge_after_s=args.wedge_after,
+                            canary_timeout_s=args.canary, api_key=api_key):
+            if args.json:
+                sys.stdout.write(json.dumps(finite(result.to_dict()), default=str) + "\n")
+                sys.stdout.flush()
+                continue
+            trends.setdefault("generation", []).append(result.rates.generation_tok_s if result.rates else None)
+            for name, node in result.nodes.items():
+                power = [g.power_w for g in node.telemetry.gpus if g.power_w is not None] if node.telemetry else []
+                trends.setdefault(f"power:{name}", []).append(sum(power) if power else None)
+            text = render.status_text(result, trends)
+            stamp = time.strftime("%H:%M:%S")
+            sys.stdout.write(("\x1b[H\x1b[2J" if tty else "") + f"{stamp}  every {args.interval:g}s, Ctrl-C to stop\n"
+                             + text + "\n" + ("" if tty else "\n"))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from sparkctl.ops.down import down
+    from sparkctl.ops.up import up
+    from sparkctl.ops.watch import SuperviseOptions, supervise
+
+    _observe_flags(args)
+    if not args.restart:
+        raise InputError("sparkctl watch supervises with --restart; to only look, use `sparkctl status --watch`")
+    inventory, playbook = _load(args, playbook="required")
+    reporter = _reporter(args)
+    options = SuperviseOptions(interval_s=args.interval, grace_s=args.grace, max_restarts=args.max_restarts,
+                               backoff_s=args.backoff, wedge_after_s=args.wedge_after, canary_timeout_s=args.canary,
+                               evidence_dir=args.evidence_dir)
+
+    def restart() -> None:
+        down(inventory, reporter, playbook=playbook)
+        up(inventory, playbook, reporter)
+
+    try:
+        result = supervise(inventory, playbook, options, reporter, restart=restart,
+                           api_key=os.environ.get(args.api_key_env) or None)
+    except KeyboardInterrupt:
+        return 0  # the supervisor leaves the cluster as it is
+    _emit(args, lambda: {"outcome": result.outcome, "message": result.message, "restarts": result.restarts},
+          lambda: result.message)
+    return 0 if result.outcome == "stopped-by-down" else int(ExitCode.FAILED)
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -433,8 +504,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_up)
 
-    p = sub.add_parser("status", parents=[common, inv, pb], help="what sparkctl started, per node, and the endpoint's health")
+    observe = argparse.ArgumentParser(add_help=False)
+    observe.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between samples (default 5)")
+    observe.add_argument("--wedge-after", type=float, default=30.0, metavar="S",
+                         help="requests running and no token generated this long is a wedge (default 30)")
+    observe.add_argument("--canary", type=float, nargs="?", const=10.0, metavar="S",
+                         help="also send a max_tokens=1 request with this deadline (default 10 s when given)")
+    observe.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME",
+                         help="variable with the endpoint's API key, for the canary (default VLLM_API_KEY)")
+
+    p = sub.add_parser("status", parents=[common, inv, pb, observe],
+                       help="per node: processes, telemetry (GPU, host, logs); the endpoint's metrics; a verdict")
+    p.add_argument("--watch", action="store_true", help="refresh every --interval (NDJSON with --json); Ctrl-C ends it")
+    p.add_argument("--sample", type=float, default=3.0, metavar="S",
+                   help="without --watch: scrape /metrics twice this far apart for rates and a wedge (default 3; 0: once)")
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("watch", parents=[common, inv, pb, observe, quiet],
+                       help="supervise: restart a wedged or degraded cluster (--restart), evidence first, with back-off")
+    p.add_argument("--restart", action="store_true", help="restart (down, then up) a cluster bad for longer than --grace")
+    p.add_argument("--grace", type=float, default=60.0, metavar="S", help="how long bad before a restart (default 60)")
+    p.add_argument("--max-restarts", type=int, default=3, help="restarts per hour before giving up (default 3)")
+    p.add_argument("--backoff", type=float, default=30.0, metavar="S", help="wait after a restart; doubles, capped at 600 (default 30)")
+    p.add_argument("--evidence-dir", default="sparkctl-evidence", metavar="DIR",
+                   help="where status, logs and metrics are saved before a restart (default ./sparkctl-evidence)")
+    p.set_defaults(handler=cmd_watch)
 
     p = sub.add_parser("down", parents=[common, inv, pb, quiet], help="stop everything sparkctl started and verify nothing is left")
     p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")

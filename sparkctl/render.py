@@ -83,22 +83,66 @@ def up_text(result: Any) -> str:
     return "\n".join(lines)
 
 
-def status_text(result: Any) -> str:
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float | None], width: int = 12) -> str:
+    """A small trend: the last `width` values scaled to their own maximum."""
+    recent = [v for v in values[-width:]]
+    top = max((v for v in recent if v is not None), default=0.0) or 1.0
+    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1)))] for v in recent)
+
+
+def _num(value: float | None, fmt: str = ".0f", unit: str = "") -> str:
+    return "-" if value is None else f"{value:{fmt}}{unit}"
+
+
+def status_text(result: Any, trends: dict[str, list[float | None]] | None = None) -> str:
+    """`sparkctl status` for people; with trends (from --watch) a sparkline per series."""
     lines = [f"cluster {result.cluster}: {result.state}"]
+    lines += [f"  {'!' if r.code not in ('stopped', 'gpu-idle-power') else '-'} {r.message}" for r in result.reasons]
     if result.endpoint:
         health = result.health if result.health is not None else "no answer"
         lines.append(f"  endpoint {result.endpoint}: /health {health}; models: {', '.join(result.models) or '-'}")
-    lines.append(f"  {'NODE':<12} {'ROLE':<7} {'PROCESS':<8} {'PID':>8}  {'ALIVE':<5}  LOG")
+    sample = result.metrics
+    m = sample.metrics if sample else None
+    if m is not None:
+        rates = result.rates
+        gen = rates.generation_tok_s if rates else None
+        hit = (m.prefix_cache_hits / m.prefix_cache_queries) if m.prefix_cache_hits is not None and m.prefix_cache_queries else None
+        line = (f"  requests running {_num(m.running)}, waiting {_num(m.waiting)}; KV cache "
+                f"{_num(None if m.kv_cache_usage is None else m.kv_cache_usage * 100, '.0f', '%')}; "
+                f"generation {_num(gen, '.1f')} tok/s, prompt {_num(rates.prompt_tok_s if rates else None, '.1f')} tok/s"
+                f"{f' (over {rates.window_s:.1f} s)' if rates else ''}; prefix-cache hits "
+                f"{_num(None if hit is None else hit * 100, '.0f', '%')}; preemptions {_num(m.preemptions)}")
+        if trends and trends.get("generation"):
+            line += f"  [{sparkline(trends['generation'])}]"
+        lines.append(line)
+        if result.frozen_for_s:
+            lines.append(f"  no token generated for {result.frozen_for_s:.0f} s while requests run")
+    elif sample is not None and sample.metrics_error:
+        lines.append(f"  {sample.metrics_error}")
+    if result.canary:
+        lines.append(f"  canary (1 token): {result.canary}")
+    lines.append(f"  {'NODE':<10} {'ROLE':<7} {'PROCESS':<8} {'PID':>8} {'STATE':<8} {'LOG GREW':>9} {'LOAD':>5} "
+                 f"{'MEM FREE':>9}  GPU")
     for name, node in result.nodes.items():
         if node.error:
-            lines.append(f"  {name:<12} {node.role:<7} unreachable: {node.error}")
+            lines.append(f"  {name:<10} {node.role:<7} unreachable: {node.error}")
             continue
+        t = node.telemetry
+        host = ""
+        if t is not None:
+            host = f"{_num(t.host.load_1m, '.1f'):>5} {_num(t.host.mem_available_mib and t.host.mem_available_mib / 1024, '.1f', 'G'):>9}"
+        gpu = _gpu_text(t, trends.get(f"power:{name}") if trends else None) if t is not None else ""
         if not node.records:
             extra = f" ({len(node.processes)} process(es) of this cluster without a record)" if node.processes else ""
-            lines.append(f"  {name:<12} {node.role:<7} {'-':<8} {'-':>8}  {'-':<5}  nothing started{extra}")
+            lines.append(f"  {name:<10} {node.role:<7} {'-':<8} {'-':>8} {'-':<8} {'-':>9} {host}  {gpu}  nothing started{extra}")
         for rec in node.records:
-            alive = "yes" if rec.get("alive") else "NO"
-            lines.append(f"  {name:<12} {node.role:<7} {str(rec.get('role')):<8} {rec.get('pid')!s:>8}  {alive:<5}  {rec.get('log')}")
+            state = next((s.state for s in node.states if s.pid == rec.get("pid")), "?")
+            grew = next((a.grew_s_ago for a in (t.logs if t else ()) if a.path == rec.get("log")), None)
+            lines.append(f"  {name:<10} {node.role:<7} {str(rec.get('role')):<8} {rec.get('pid')!s:>8} {state:<8} "
+                         f"{_num(grew, '.0f', 's ago'):>9} {host}  {gpu}")
     ray = result.ray
     if ray is not None:
         if ray.get("error"):
@@ -110,6 +154,21 @@ def status_text(result: Any) -> str:
             if ray.get("missing"):
                 lines.append(f"  Ray is missing: {', '.join(ray['missing'])}")
     return "\n".join(lines)
+
+
+def _gpu_text(t: Any, power_trend: list[float | None] | None) -> str:
+    if not t.gpus:
+        return {"none": "no GPU", "skipped": "-"}.get(t.gpu_source, t.gpu_source)
+    parts = []
+    for g in t.gpus:
+        memory = ("unified" if g.memory_total_mib is None
+                  else f"{_num(g.memory_used_mib and g.memory_used_mib / 1024, '.0f')}/{_num(g.memory_total_mib / 1024, '.0f')}G")
+        parts.append(f"{_num(g.utilization_pct, '.0f', '%')} {_num(g.power_w, '.0f', 'W')} {_num(g.temperature_c, 'd', 'C')} "
+                     f"{_num(g.sm_clock_mhz, 'd', 'MHz')} {memory}")
+    text = "; ".join(parts)
+    if power_trend:
+        text += f" [{sparkline(power_trend)}]"
+    return text
 
 
 def down_text(result: Any) -> str:

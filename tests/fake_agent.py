@@ -14,6 +14,10 @@ Faults:
     fake.health_after_polls = 3               /health answers 200 only from the 3rd poll of the head on
     fake.cannot_join.add("worker")            that node's `ray start` exits, unable to reach the GCS
     fake.survives_stop.add("worker")          that node's processes survive every stop
+    fake.process_state["worker"] = "T"        that node's processes are stopped (SIGSTOP) ("Z": zombies)
+    fake.gpus["head"] = (95.0, 18.0)          the head's GPU at 95% utilisation drawing 18 W (telemetry)
+    fake.running_requests = 2                 /metrics: requests running; tokens advance at every scrape
+    fake.wedged = True                        ... unless wedged: the counters stop while /health stays 200
 """
 
 from __future__ import annotations
@@ -66,6 +70,11 @@ class FakeCluster:
         self.health_after_polls = 0
         self.cannot_join: set[str] = set()
         self.survives_stop: set[str] = set()
+        self.process_state: dict[str, str] = {}
+        self.gpus: dict[str, tuple[float, float]] = {}
+        self.running_requests = 0
+        self.wedged = False
+        self.generation_tokens = 0
         self._pid = 1000
         self._lock = threading.Lock()
 
@@ -86,7 +95,7 @@ class FakeCluster:
         with self._lock:
             self.calls.append((node, request.OP))
             state = self.nodes[node]
-            if request.OP == "status":
+            if request.OP in ("status", "telemetry"):
                 state.status_calls += 1
             after = self.unreachable_after.get(node)
             if node in self.unreachable or (after is not None and state.status_calls > after):
@@ -149,10 +158,23 @@ class FakeCluster:
         return p.StatusReply(records=records, processes=self._ours(node, req.tag_prefix), ports=(), in_use=(),
                              logs=tuple(logs), boot_id="boot")
 
+    def _telemetry(self, node: FakeNode, req: p.TelemetryRequest) -> p.TelemetryReply:
+        status = self._status(node, p.StatusRequest(tag_prefix=req.tag_prefix, record_dir=req.record_dir))
+        gpu = self.gpus.get(node.name)
+        gpus = () if gpu is None else (p.GpuStats(index=0, name="NVIDIA GB10", utilization_pct=gpu[0], power_w=gpu[1],
+                                                  temperature_c=50, sm_clock_mhz=2400, mem_clock_mhz=None,
+                                                  memory_used_mib=None, memory_total_mib=None),)
+        return p.TelemetryReply(
+            status=status, host=p.HostStats(load_1m=1.0, load_5m=1.0, load_15m=1.0, cpus=20, mem_total_mib=121000,
+                                            mem_available_mib=60000),
+            gpus=gpus, gpu_source="nvml" if gpus else "none", gpu_error=None, unified_memory=bool(gpus),
+            logs=tuple(p.LogAge(path=r.log, exists=True, size=10, grew_s_ago=1.0) for r in status.records), at=0.0)
+
     def _ours(self, node: FakeNode, prefix: str) -> tuple[p.ProcessInfo, ...]:
         return tuple(
             p.ProcessInfo(pid=proc.record.pid, ppid=1, pgid=proc.record.pgid, sid=proc.record.pid,
-                          starttime=proc.record.starttime or 0, age_s=1.0, state="S", tag=proc.record.tag, why="tag",
+                          starttime=proc.record.starttime or 0, age_s=1.0,
+                          state=self.process_state.get(node.name, "S"), tag=proc.record.tag, why="tag",
                           cmdline=" ".join(proc.record.argv)[:400])
             for proc in node.processes.values() if proc.alive and proc.record.tag.startswith(prefix)
         )
@@ -233,6 +255,19 @@ class FakeCluster:
                     self._reply(503, {"error": "starting"})
                 elif self.path == "/health":
                     self._reply(200, {})
+                elif self.path == "/metrics":
+                    if not cluster.wedged and cluster.running_requests:
+                        cluster.generation_tokens += 7  # a token or more between two scrapes
+                    text = (f"vllm:num_requests_running{{engine=\"0\"}} {cluster.running_requests}\n"
+                            f"vllm:num_requests_waiting{{engine=\"0\"}} 0\n"
+                            f"vllm:kv_cache_usage_perc{{engine=\"0\"}} 0.25\n"
+                            f"vllm:generation_tokens_total{{engine=\"0\"}} {cluster.generation_tokens}\n"
+                            f"vllm:prompt_tokens_total{{engine=\"0\"}} 100\n").encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain; version=0.0.4")
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
                 else:
                     self._reply(200, {"data": [{"id": cluster.served_model_name}]})
 

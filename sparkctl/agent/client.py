@@ -38,6 +38,7 @@ NODE_MODULES = {
     "sparkctl.agent.node_waiter": "node_waiter.py",
     "sparkctl.agent.ray_view": "ray_view.py",
     "sparkctl.agent.torch_check": "torch_check.py",
+    "sparkctl.agent.node_telemetry": "node_telemetry.py",
     "sparkctl.agent.node_agent": "node_agent.py",
 }
 BASE_MODULES = ("sparkctl.agent.protocol", "sparkctl.agent.node_proc")
@@ -49,6 +50,8 @@ EXTRA_MODULES = {
     "host_scan": ("sparkctl.agent.node_ray",),
     "ray_group_stop": ("sparkctl.agent.node_ray",),
     "launch": ("sparkctl.agent.node_waiter",),
+    # node_facts for its nvidia-smi parser, when NVML is missing
+    "telemetry": ("sparkctl.agent.vllm_probe", "sparkctl.agent.node_facts", "sparkctl.agent.node_telemetry"),
 }
 
 # The one piece of node-side code that cannot be a module: it receives them.

@@ -486,6 +486,14 @@ def op_remove(req):
     return protocol.RemoveReply(removed=tuple(removed))
 
 
+def op_telemetry(req):
+    """A status of the prefix and the node's telemetry, in one round trip (see node_telemetry.py)."""
+    from sparkctl.agent import node_telemetry  # shipped by the controller with this op only
+
+    status = op_status(protocol.StatusRequest(tag_prefix=req.tag_prefix, record_dir=req.record_dir))
+    return node_telemetry.telemetry(status, req)
+
+
 def op_facts(req):
     """Everything `sparkctl check` needs to know about this node (see node_facts.py)."""
     from sparkctl.agent import node_facts  # shipped by the controller with this op only
@@ -503,6 +511,7 @@ OPS = {
     "facts": op_facts,
     "read": op_read,
     "remove": op_remove,
+    "telemetry": op_telemetry,
     "host_scan": lambda req: _node_ray().op_host_scan(req),
     "ray_group_stop": lambda req: _node_ray().op_ray_group_stop(req),
 }

@@ -334,6 +334,53 @@ class FactsReply:
     facts: JsonDict
 
 
+@message
+class HostStats:
+    load_1m: Optional[float]
+    load_5m: Optional[float]
+    load_15m: Optional[float]
+    cpus: int
+    mem_total_mib: Optional[int]
+    mem_available_mib: Optional[int]
+
+
+@message
+class GpuStats:
+    """One GPU now; None where the device does not report a figure (GB10 memory)."""
+
+    index: int
+    name: Optional[str]
+    utilization_pct: Optional[float]
+    power_w: Optional[float]
+    temperature_c: Optional[int]
+    sm_clock_mhz: Optional[int]
+    mem_clock_mhz: Optional[int]
+    memory_used_mib: Optional[int]
+    memory_total_mib: Optional[int]
+
+
+@message
+class LogAge:
+    path: str
+    exists: bool
+    size: int = 0
+    grew_s_ago: Optional[float] = None  # seconds since the log last changed
+
+
+@message
+class TelemetryReply:
+    """What `status` sees of a node in one round trip: its status and its telemetry."""
+
+    status: StatusReply
+    host: HostStats
+    gpus: Tuple[GpuStats, ...]
+    gpu_source: str  # nvml | nvidia-smi | none | skipped
+    gpu_error: Optional[str]
+    unified_memory: bool  # the GPUs share the host's memory (GB10): the host's figures stand for theirs
+    logs: Tuple[LogAge, ...]
+    at: float  # the node's clock when it answered
+
+
 # --------------------------------------------------------------------------
 # requests
 # --------------------------------------------------------------------------
@@ -465,9 +512,20 @@ class FactsRequest(Request[FactsReply]):
     probe_timeout_s: float = 120.0
 
 
+@message
+class TelemetryRequest(Request[TelemetryReply]):
+    """A status (as StatusRequest) plus the node's host, GPU and log telemetry."""
+
+    OP: ClassVar[str] = "telemetry"
+    REPLY: ClassVar[Type[Any]] = TelemetryReply
+    tag_prefix: str
+    record_dir: str
+    gpus: bool = True
+
+
 REQUESTS = dict((cls.OP, cls) for cls in (
     LaunchRequest, StatusRequest, StopRequest, ExecRequest, ProbeRequest, ReadRequest, RemoveRequest, FactsRequest,
-    HostScanRequest, RayGroupStopRequest,
+    HostScanRequest, RayGroupStopRequest, TelemetryRequest,
 ))  # type: Dict[str, Type[Request[Any]]]
 
 
