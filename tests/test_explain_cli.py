@@ -157,12 +157,12 @@ def test_doctor_vllm_log_reports_performance_findings(tmp_path):
 def test_running_cluster_log_and_metrics_are_used(monkeypatch):
     from sparkctl.inventory import load_inventory
     from sparkctl.ops import explain as op
-    from sparkctl.perf.metrics import MetricsSnapshot
+    from sparkctl.bench.metrics import MetricsSample
     from sparkctl.playbook import load_playbook
 
     log = "INFO non-default args: {'model': '/m', 'enforce_eager': True, 'max_num_seqs': 2}\nKV cache size: 50,000 tokens\n"
     monkeypatch.setattr(op, "_running_log", lambda inventory: (log, None))
-    monkeypatch.setattr(op, "_live_metrics", lambda inventory, playbook: MetricsSnapshot(2.0, 6.0, 0.05))
+    monkeypatch.setattr(op, "_live_metrics", lambda inventory, playbook: MetricsSample(at=0.0, running=2.0, waiting=6.0, kv_cache_usage=0.05))
     report = op.explain(op.ExplainOptions(model_config=str(CFG / "llama-3.1-8b.json"), concurrency=8),
                         inventory=load_inventory(INV), playbook=load_playbook(PB))
     codes = {f["code"] for f in report["findings"]}

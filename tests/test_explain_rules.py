@@ -110,7 +110,7 @@ vllm:prompt_tokens_total{engine="0",model_name="m"} 1234.0
 
 
 def test_metrics_snapshot_and_queue_rule():
-    from sparkctl.perf.metrics import parse_metrics
+    from sparkctl.bench.metrics import parse_metrics
     from sparkctl.perf.rules import queue_with_free_kv
 
     snap = parse_metrics(METRICS)
@@ -118,7 +118,7 @@ def test_metrics_snapshot_and_queue_rule():
     f = queue_with_free_kv(snap, ServingConfig("pb", max_num_seqs=4))
     assert f is not None and "12 waiting" in f.evidence and "--max-num-seqs 4" in f.fix
     assert queue_with_free_kv(parse_metrics(METRICS.replace(" 0.08", " 0.9")), None) is None
-    assert parse_metrics("no metrics") is None
+    assert parse_metrics("# nothing of vLLM here\n").running is None
     old_name = parse_metrics(METRICS.replace("kv_cache_usage_perc", "gpu_cache_usage_perc"))
     assert old_name.kv_cache_usage == 0.08
 

@@ -16,7 +16,7 @@ from sparkctl.perf import store
 from sparkctl.perf.bench import read_bench
 from sparkctl.perf.calibration import fit_overhead
 from sparkctl.perf.hardware import hardware
-from sparkctl.perf.metrics import MetricsSnapshot, parse_metrics
+from sparkctl.bench.metrics import MetricsSample, parse_metrics
 from sparkctl.perf.model_config import ConfigError, load_config, parse_model
 from sparkctl.perf.predict import ACTIVATION_BYTES, Scenario, predict
 from sparkctl.perf.quant import kv_bytes, plan_for
@@ -94,7 +94,7 @@ def _running_log(inventory: Inventory) -> tuple[str | None, str | None]:
     return "\n".join(entry.get("lines", [])), None
 
 
-def _live_metrics(inventory: Inventory, playbook: Playbook) -> MetricsSnapshot | None:
+def _live_metrics(inventory: Inventory, playbook: Playbook) -> MetricsSample | None:
     """The endpoint's /metrics right now (None when it does not answer)."""
     from sparkctl.ops.up import endpoint_url
     from sparkctl.serve.endpoint import Endpoint
@@ -102,7 +102,11 @@ def _live_metrics(inventory: Inventory, playbook: Playbook) -> MetricsSnapshot |
     reply = Endpoint(endpoint_url(inventory, playbook), timeout_s=3.0).request("GET", "/metrics")
     if reply.status != 200:
         return None
-    return parse_metrics(reply.body.decode("utf-8", "replace"))
+    try:
+        sample = parse_metrics(reply.body.decode("utf-8", "replace"))
+    except ValueError:
+        return None
+    return sample if sample.running is not None else None  # not a vLLM server
 
 
 def explain(options: ExplainOptions, *, inventory: Inventory | None = None,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sparkctl.perf.bench import BenchStep
-from sparkctl.perf.metrics import MetricsSnapshot
+from sparkctl.bench.metrics import MetricsSample
 from sparkctl.perf.predict import Prediction, Scenario, decode_step, memory_fit, predict
 from sparkctl.perf.store import ProbeRecord
 
@@ -205,13 +205,14 @@ def kv_underused(step: BenchStep, prediction: Prediction | None) -> Finding | No
                    gain, "check --max-num-seqs and --max-num-batched-tokens, and that the client keeps requests in flight")
 
 
-def queue_with_free_kv(snapshot: MetricsSnapshot | None, config: ServingConfig | None) -> Finding | None:
+def queue_with_free_kv(snapshot: MetricsSample | None, config: ServingConfig | None) -> Finding | None:
     """Requests wait while the KV cache has room: the batch limit, not memory, holds them."""
-    if snapshot is None or snapshot.waiting < 1 or snapshot.kv_cache_usage is None or snapshot.kv_cache_usage >= 0.5:
+    if (snapshot is None or snapshot.waiting is None or snapshot.waiting < 1 or snapshot.kv_cache_usage is None
+            or snapshot.kv_cache_usage >= 0.5):
         return None
     limit = f"--max-num-seqs {config.max_num_seqs}" if config and config.max_num_seqs else "--max-num-seqs"
     return Finding("batching-underused", "warning", "requests wait in the queue while the KV cache is mostly empty",
-                   f"/metrics: {snapshot.running:g} running, {snapshot.waiting:g} waiting, KV cache "
+                   f"/metrics: {snapshot.running or 0:g} running, {snapshot.waiting:g} waiting, KV cache "
                    f"{snapshot.kv_cache_usage:.0%} used", None,
                    f"raise {limit} (and --max-num-batched-tokens if prompts are long) so waiting requests join the batch")
 
@@ -235,7 +236,7 @@ def nccl_transport(probe: ProbeRecord | None, prediction: Prediction | None) -> 
 
 def apply_all(prediction: Prediction, config: ServingConfig | None, *, probe: ProbeRecord | None = None,
               kv_cache_tokens: int | None = None, bench_steps: tuple[BenchStep, ...] = (),
-              metrics: MetricsSnapshot | None = None) -> list[Finding]:
+              metrics: MetricsSample | None = None) -> list[Finding]:
     s = prediction.scenario
     found: list[Finding | None] = [tp_vs_replicas(prediction), tp_latency_bound(prediction), nccl_transport(probe, prediction),
                                    queue_with_free_kv(metrics, config)]
