@@ -367,6 +367,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         require_matplotlib()  # before minutes of measuring, not after
     cluster = None
+    inventory = None
     if args.url:
         if args.inventory or getattr(args, "playbook", None):
             raise InputError("--url benchmarks an endpoint without an inventory: give either --url or -i/-p")
@@ -379,7 +380,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.model:
             target = Target(target.base_url, args.model, target.api_key, target.nodes)
     progress = NullLine() if args.quiet else LiveLine(sys.stderr)
-    result = bench(target, options, progress, cluster)
+    result = bench(target, options, progress, cluster, inventory=None if args.url else inventory)
     document = result.to_dict()
     if args.save_result:
         save_result(document, args.save_result)

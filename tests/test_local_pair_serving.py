@@ -62,6 +62,10 @@ def test_ladder_and_poisson_step_on_the_local_pair(serving_pair, tmp_path):
     assert "--load-format" in meta["vllm_args"] and meta["kv_cache"]["tokens"] > 0
     assert meta["prompt_lengths_exact"] is True and meta["tokenizer"].startswith("the server's /tokenize")
     assert [s["max_concurrency"] for s in doc["steps"]] == [1, 3, None]
+    # the nodes' telemetry, sampled beside the load, joined to the steps by time
+    sampled = [s["telemetry"] for s in doc["steps"] if s["telemetry"]]
+    assert sampled and all(set(t) == {"head", "worker"} for t in sampled)
+    assert all(w["host_load_mean"] is not None and w["gpu_power_w_mean"] is None for t in sampled for w in t.values())
     for s in doc["steps"]:
         assert s["failed"] == 0 and s["completed"] == 12
         assert s["request_throughput"] * s["duration"] == pytest.approx(12)

@@ -133,3 +133,22 @@ def test_gpu_telemetry_from_real_nvidia_smi_and_nvml_captures():
     assert busy["utilization_pct"] >= 90 and busy["power_w"] > 300  # under load: not the idle-power signature
     [gb10] = node_telemetry.gpus_from_smi_csv("0, NVIDIA GB10, [N/A], 12.31, 43, [N/A], [N/A], [N/A], [N/A]\n")
     assert gb10.memory_total_mib is None and gb10.power_w == 12.31
+
+
+def test_telemetry_windows_summarise_gpus_and_hosts():
+    from sparkctl.agent import protocol as p
+    from sparkctl.observe.telemetry import summarise
+
+    def reply(util: float, power: float, load: float, free: int) -> p.TelemetryReply:
+        status = p.StatusReply(records=(), processes=(), ports=(), in_use=(), logs=(), boot_id="b")
+        gpus = tuple(p.GpuStats(index=i, name="g", utilization_pct=util, power_w=power, temperature_c=40,
+                                sm_clock_mhz=1000, mem_clock_mhz=None, memory_used_mib=100, memory_total_mib=1000)
+                     for i in range(2))
+        host = p.HostStats(load_1m=load, load_5m=None, load_15m=None, cpus=4, mem_total_mib=1000, mem_available_mib=free)
+        return p.TelemetryReply(status=status, host=host, gpus=gpus, gpu_source="nvml", gpu_error=None,
+                                unified_memory=False, logs=(), at=0.0)
+
+    w = summarise([reply(50, 40, 1.0, 800), reply(90, 60, 3.0, 600)])
+    assert (w.samples, w.gpu_utilization_mean, w.gpu_utilization_max) == (2, 70.0, 90.0)
+    assert (w.gpu_power_w_mean, w.gpu_power_w_max) == (100.0, 120.0)  # two GPUs' power, summed
+    assert (w.gpu_memory_used_mib_max, w.host_load_mean, w.host_mem_available_mib_min) == (200, 2.0, 600)

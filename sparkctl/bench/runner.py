@@ -15,7 +15,7 @@ import random
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable, Protocol
 
 import aiohttp
@@ -327,6 +327,9 @@ async def _run_step(index: int, total: int, step: LoadStep, shape: RequestShape,
     view = server_view(before, [s for s in samples if s.at > before.at], after) if before and after else None
     result = step_result(step, done, duration=duration, nodes=nodes, percentiles=options.percentiles,
                          slo=options.slo, server=view, interrupted=interrupted)
+    wall = time.time() - time.perf_counter()  # perf_counter -> wall clock, for joining node telemetry
+    first = min((r.start for r in done), default=0.0)
+    result = replace(result, started_at=wall + run.started + first, ended_at=wall + run.started + first + duration)
     progress.done(f"{prefix}: {result.completed} ok, {result.failed} failed in {result.duration:.1f}s, "
                   f"{result.output_throughput:.1f} output tok/s")
     return result

@@ -90,6 +90,9 @@ class StepResult:
     saturation_reasons: tuple[str, ...]
     interrupted: bool = False
     sample_errors: tuple[str, ...] = field(default=())
+    started_at: float = 0.0  # time.time() of the step's first request and last answer
+    ended_at: float = 0.0
+    telemetry: dict[str, dict[str, float | int | None]] | None = None  # per node, with an inventory
 
     @property
     def saturated(self) -> bool:
@@ -155,6 +158,9 @@ class StepResult:
                 "interrupted": self.interrupted,
                 "error_samples": list(self.sample_errors),
                 "server": self.server.to_dict() if self.server else None,
+                "telemetry": self.telemetry,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
             }
         )
         return data

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from dataclasses import replace
 from typing import Mapping
 
 from sparkctl import __version__
@@ -13,6 +14,7 @@ from sparkctl.bench.result import BenchMetadata, BenchResult, ClusterInfo, slo_s
 from sparkctl.bench.runner import Progress, Target, run_bench
 from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory
+from sparkctl.observe.telemetry import TelemetrySampler
 from sparkctl.playbook import Playbook, load_playbook
 from sparkctl.state import StateStore
 
@@ -52,10 +54,18 @@ def cluster_target(inventory: Inventory, playbook: Playbook | None, environ: Map
     return target, info
 
 
-def bench(target: Target, options: BenchOptions, progress: Progress, cluster: ClusterInfo | None = None) -> BenchResult:
+def bench(target: Target, options: BenchOptions, progress: Progress, cluster: ClusterInfo | None = None,
+          inventory: Inventory | None = None) -> BenchResult:
     """Run the steps and assemble the result document (also when interrupted)."""
     date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    run = run_bench(target, options, progress)
+    if inventory is None:
+        run = run_bench(target, options, progress)
+    else:
+        # the nodes' GPUs and hosts, sampled beside the load and joined to each step by time
+        with TelemetrySampler(inventory) as sampler:
+            run = run_bench(target, options, progress)
+        run.steps = [replace(s, telemetry={n: w.to_dict() for n, w in sampler.window(s.started_at, s.ended_at).items()})
+                     for s in run.steps]
     metadata = BenchMetadata(
         date=date,
         sparkctl_version=__version__,
