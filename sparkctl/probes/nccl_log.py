@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..logtext import NCCL_VERSION, strip_ansi, strip_process_tags
+from ..logtext import NCCL_VERSION, iter_lines, strip_ansi, strip_process_tags
 
 # NCCL prints the verbs path-MTU enum; people think in bytes.
 MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
@@ -24,12 +24,15 @@ _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 _INTRA_RANK = ("nvls", "p2p", "shm")
 
 # ---------------------------------------------------------------- line cleaning
-_RAY_REPEAT = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
+# Ray's dedup marker; everything from it to the end of the line is dropped.
+_RAY_REPEAT = re.compile(r"\[repeated \d+x across cluster\]")
 _OMITTED = re.compile(r"^\s*\[\s*(?:\.\.\.|…)[^\]]*\bomitted\b")
 # host:pid:tid [cudaDev] [file.cc:line ]NCCL LEVEL  (searched anywhere: timestamps,
-# mpirun `[1,0]<stdout>:` tags and wrappers may come first).
+# mpirun `[1,0]<stdout>:` tags and wrappers may come first). The host starts where a run
+# of host characters starts: the leftmost match always does, and without the lookbehind
+# a long run would be rescanned from each of its characters.
 _PREFIX = re.compile(
-    r"(?P<host>[^\s:()\[\]|]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] (?:\S+:\d+ )?"
+    r"(?<![^\s:()\[\]|])(?P<host>[^\s:()\[\]|]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] (?:\S+:\d+ )?"
     r"NCCL (?P<level>INFO|WARN|TRACE|ABORT)\b ?"
 )
 _BARE = re.compile(r"\bNCCL (?P<level>INFO|WARN)\b:? ?")
@@ -37,13 +40,15 @@ _BARE = re.compile(r"\bNCCL (?P<level>INFO|WARN)\b:? ?")
 # ---------------------------------------------------------------- NCCL messages
 _CUDA_DRIVER = re.compile(r"^cudaDriverVersion (\d+)")
 _ENV = re.compile(r"^(NCCL_\w+) set (?:by environment )?to ?(.*?)\.?$")
-_USING_NETWORK = re.compile(r"^Using network (\S.*?)\s*$")
+# Messages are stripped, so no pattern needs a trailing `\s*$` (after a lazy group it is quadratic).
+_USING_NETWORK = re.compile(r"^Using network (\S.*)")
 _PLUGIN_NAME = re.compile(r"^(?:Initialized|Assigned) NET plugin (\S+)|^P2P plugin (\S+)")
 _NET_USING = re.compile(r"^NET/(?P<net>IB\w*|Socket)\s*:\s*Using\b(?P<rest>.*)$")
 _IB_ITEM = re.compile(r"\[(\d+)\]([^\s:\[\]]+):(\d+)/(\w+)")
 _SOCKET_ITEM = re.compile(r"\[(\d+)\]([^\s:\[\]]+):")
-_OOB = re.compile(r";\s*OOB\s+(\S+?)(?:<\d+>)?\s*$")
-_BOOTSTRAP = re.compile(r"^Bootstrap\s*:\s*Using\s+(?:\[\d+\])?(\S+?)(?:<\d+>)?\s*$")
+_OOB = re.compile(r";\s*OOB\s+(\S+)$")
+_BOOTSTRAP = re.compile(r"^Bootstrap\s*:\s*Using\s+(?:\[\d+\])?(\S+)$")
+_IF_INDEX = re.compile(r"<\d+>$")  # "enp1s0f1np1<0>": the interface index NCCL appends
 _IB_DEV = re.compile(r"^NET/IB\s*:\s*\[\d+\]\s*([^\s:]+):uverbs\d+:\d+/\w+")
 _VIRTUAL_DEV = re.compile(r"Made virtual device \[(\d+)\] name=(\S+)")
 _IB_NONE = re.compile(r"^NET/IB\s*:\s*No device found")
@@ -190,7 +195,7 @@ class _Line:
 def _lines(text: str) -> tuple[list[_Line], bool]:
     """Split pasted text into NCCL messages; returns (lines, saw an 'omitted' marker)."""
     cleaned: list[str] = []
-    for physical in text.splitlines():  # handles \n, \r\n and lone \r
+    for physical in iter_lines([text]):  # handles \n, \r\n and lone \r
         cleaned.append(strip_process_tags(strip_ansi(physical)).strip())
     # The first prefix on a line cannot be glued to an earlier message, so its host is
     # trusted; it tells where a glued prefix really begins ("...network IBspark-a1:88:88 [0]").
@@ -242,7 +247,9 @@ def _add_version(seq: list[str], version: str) -> None:
 
 
 def _tidy(msg: str) -> str:
-    return _RAY_REPEAT.sub("", msg).strip()
+    if (m := _RAY_REPEAT.search(msg)) is not None:
+        msg = msg[:m.start()]
+    return msg.strip()
 
 
 def _add(seq: list, item: Any) -> None:
@@ -334,9 +341,9 @@ def parse_nccl_log(text: str) -> NcclLogReport:
                     r.link_layer = r.link_layer or item[4]
                 ev.setdefault("ib-using", msg)
             if (oob := _OOB.search(rest)) is not None:
-                r.oob_interface = r.oob_interface or oob[1]
+                r.oob_interface = r.oob_interface or _IF_INDEX.sub("", oob[1])
         elif (m := _BOOTSTRAP.match(msg)) is not None:
-            r.bootstrap_interface = r.bootstrap_interface or m[1]
+            r.bootstrap_interface = r.bootstrap_interface or _IF_INDEX.sub("", m[1])
         elif (m := _IB_DEV.match(msg)) is not None:
             _add(r.ib_devices, m[1])
         elif (m := _VIRTUAL_DEV.search(msg)) is not None:

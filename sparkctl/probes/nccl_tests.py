@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..logtext import NCCL_VERSION, PROCESS_TAG, strip_ansi
+from ..logtext import NCCL_VERSION, PROCESS_TAG, iter_lines, strip_ansi
 
 MIB = 1 << 20
 # Below this size a two-node run measures latency more than link bandwidth.
@@ -35,12 +35,13 @@ _VERSION = re.compile(r"^#\s*nccl-tests version (\S+)(?:\s+\((\w+)\))?\s+nccl-he
 _START = re.compile(r"^#\s*Collective test starting:\s*(\S+)")
 _CONCLUDED = re.compile(r"^#\s*Collective test concluded:")
 _DEVICE = re.compile(
-    r"^#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*?)\s*$"
+    r"^#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*)"
 )
 _COLUMNS = re.compile(r"^#\s*size\s+count\s+type\s+redop\b(.*)$")
 _OOB = re.compile(r"^#\s*Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)?")
 _AVG = re.compile(r"^#\s*Avg bus bandwidth\s*:\s*(\S+)\s*(OK|FAILED)?")
-_ERROR = re.compile(r"^#\s*error:\s*(.+?)\s*$")
+# Lines are stripped before matching: no trailing `\s*$` after a lazy group (quadratic).
+_ERROR = re.compile(r"^#\s*error:\s*(.+)")
 _BINARY = re.compile(r"(?:^|[\s/])(" + "|".join(COLLECTIVES) + r")_perf\b")
 _PARAMS = {
     "nthread": r"nThread (\d+)", "ngpus": r"nGpus (\d+)", "min_bytes": r"minBytes (\d+)",
@@ -182,7 +183,7 @@ def parse_nccl_tests(text: str, *, expect_busbw_gbs: float = 22.0, source_name: 
     per_iter: bool | None = None
     command_coll: str | None = None
     last_row_width: int | None = None
-    physical_lines = text.splitlines()
+    physical_lines = list(iter_lines([text]))
     open_tail = bool(text) and text[-1] not in "\r\n"  # last line has no newline: maybe cut
     for i, physical in enumerate(physical_lines):
         raw = _LINE_TAG.sub("", strip_ansi(physical)).rstrip()
