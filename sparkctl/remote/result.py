@@ -33,6 +33,7 @@ class SshFailure(enum.Enum):
     AUTH = "auth"
     HOST_KEY_CHANGED = "host-key-changed"
     HOST_KEY_UNKNOWN = "host-key-unknown"
+    HOST_KEY_REVOKED = "host-key-revoked"
     TRANSIENT = "transient"
     OTHER = "ssh-error"
 

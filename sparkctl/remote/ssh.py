@@ -8,8 +8,6 @@ Only failures classified as transient are retried, within a deadline.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import select
 import shlex
 import threading
@@ -20,27 +18,9 @@ import paramiko
 
 from sparkctl.inventory import Node, SshSettings
 from sparkctl.remote.base import keep_tail
+from sparkctl.remote.known_hosts import AcceptNewPolicy, RejectUnknownPolicy, load_known_hosts
 from sparkctl.remote.result import CommandResult, CommandTimeout, NodeUnavailable, SshFailure
 from sparkctl.remote.ssh_errors import classify_exception, hint_for
-
-
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Record a first-seen host key in known_hosts; a changed key never reaches here."""
-
-    def __init__(self, known_hosts: str):
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key):  # noqa: ANN001 (paramiko's signature)
-        os.makedirs(os.path.dirname(self.known_hosts) or ".", mode=0o700, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-class _RejectUnknownPolicy(paramiko.MissingHostKeyPolicy):
-    def missing_host_key(self, client, hostname, key):  # noqa: ANN001
-        raise paramiko.SSHException(f"Server {hostname!r} not found in known_hosts")
 
 
 class SshRunner:
@@ -54,12 +34,14 @@ class SshRunner:
     # -- connection -------------------------------------------------------
     def _connect_once(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        if os.path.exists(self.settings.known_hosts):
-            client.load_host_keys(self.settings.known_hosts)
+        known = load_known_hosts(self.settings.known_hosts)
+        for name, keys in known.host_keys.items():
+            for key in keys.values():
+                client.get_host_keys().add(name, key.get_name(), key)
         if self.settings.host_key_policy == "accept-new":
-            client.set_missing_host_key_policy(_AcceptNewPolicy(self.settings.known_hosts))
+            client.set_missing_host_key_policy(AcceptNewPolicy(self.settings.known_hosts, known))
         else:
-            client.set_missing_host_key_policy(_RejectUnknownPolicy())
+            client.set_missing_host_key_policy(RejectUnknownPolicy(known))
         timeout = self.settings.connect_timeout_s
         identity = self.settings.identity_file
         try:
