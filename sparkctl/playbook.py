@@ -209,7 +209,8 @@ class Playbook:
 
 
 def load_playbook(path: str) -> Playbook:
-    return _resolve(load_strict(path, PlaybookFile, what="playbook", semantic=_semantic_problems), path)
+    return _resolve(load_strict(path, PlaybookFile, what="playbook", semantic=_semantic_problems,
+                                text_at=lambda loc: len(loc) == 2 and loc[0] == "env"), path)
 
 
 def _semantic_problems(pb: PlaybookFile, loaded: LoadedYaml) -> list[Problem]:
