@@ -12,6 +12,7 @@ the work per line whatever a future pattern does.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Iterable, Iterator
 
@@ -53,6 +54,21 @@ def iter_lines(chunks: Iterable[str]) -> Iterator[str]:
 def _body(piece: str) -> str:
     """A line without its line end."""
     return piece.splitlines()[0]
+
+
+def finite_float(text: str) -> float | None:
+    """A number as a log prints it; None for `1.2.3`, or one too large to be finite."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def count(text: str) -> int | None:
+    """A count as a log prints it (`8,192`); None when it is not one or is absurdly long."""
+    digits = text.replace(",", "")
+    return int(digits) if digits.isdigit() and len(digits) <= 18 else None
 
 
 def strip_ansi(text: str) -> str:

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..logtext import NCCL_VERSION, iter_lines, strip_ansi, strip_process_tags
+from ..logtext import NCCL_VERSION, finite_float, iter_lines, strip_ansi, strip_process_tags
 
 # NCCL prints the verbs path-MTU enum; people think in bytes.
 MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
@@ -361,8 +361,8 @@ def parse_nccl_log(text: str) -> NcclLogReport:
                 r.nnodes = max(r.nnodes or 0, int(m[3]))
             if m[4] is not None:
                 r.local_ranks = max(r.local_ranks or 0, int(m[4]))
-        elif (m := _INIT_TOTAL.match(msg)) is not None:
-            r.init_time_s = max(r.init_time_s or 0.0, float(m[1]))
+        elif (m := _INIT_TOTAL.match(msg)) is not None and (total := finite_float(m[1])) is not None:
+            r.init_time_s = max(r.init_time_s or 0.0, total)
         if (m := _CHANNEL.search(msg)) is not None:
             path, rest = m["path"], m["rest"]
             r.channels[path] = r.channels.get(path, 0) + 1

@@ -8,6 +8,7 @@ shape, not by position, because mpirun and NCCL print noise in between.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,12 +277,14 @@ def _decode_nccl_code(code: int) -> str | None:
 
 
 def _number(tok: str) -> float | None:
-    """A numeric cell; None for nan/inf (nccl-tests prints them on failures)."""
+    """A numeric cell; None for nan/inf (nccl-tests prints them on failures) and for
+    digits too many to be a finite float."""
     if tok.lower() in _NOT_A_NUMBER:
         return None
     if not _NUM.match(tok):
         raise ValueError(tok)
-    return float(tok)
+    value = float(tok)
+    return value if math.isfinite(value) else None
 
 
 def _wrong(tok: str) -> int | float | None:

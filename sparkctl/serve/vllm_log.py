@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..logtext import clip, strip_process_tags
+from ..logtext import clip, count, finite_float, strip_process_tags
 
 # (stage name, pattern). A log has reached a stage when the pattern occurs;
 # stages are ordered, and the furthest one reached is reported.
@@ -170,19 +170,19 @@ class LogReader:
             match = _KV.search(line)
             if match:
                 report.kv_cache_device = match.group(1)
-                report.kv_cache_tokens = int(match.group(2).replace(",", ""))
+                report.kv_cache_tokens = count(match.group(2))
         if "Maximum concurrency" in line:
             match = _CONC.search(line)
             if match:
-                report.max_concurrency_tokens = int(match.group(1).replace(",", ""))
-                report.max_concurrency = float(match.group(2))
+                report.max_concurrency_tokens = count(match.group(1))
+                report.max_concurrency = finite_float(match.group(2))
         for pattern, attr in ((_INIT_ENGINE, "init_engine_s"), (_WEIGHTS, "weights_load_s"), (_GRAPH, "graph_capture_s")):
             match = pattern.search(line)
             if match:
-                setattr(report, attr, float(match.group(1)))
+                setattr(report, attr, finite_float(match.group(1)))
         match = _MODEL_LOAD.search(line)
         if match:
-            report.model_memory_gib = float(match.group(1))
+            report.model_memory_gib = finite_float(match.group(1))
         if report.vllm_version is None:
             match = _VERSION.search(line)
             if match:
