@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from sparkctl.files import NotARegularFile, open_regular
 
 MAX_FILE_BYTES = 1024 * 1024
 # Values that aliases add when expanded. A real inventory adds a few hundred; an
@@ -97,19 +98,21 @@ def load_file(path: str | os.PathLike[str], *, text_at: Callable[[Path_], bool] 
     """Read and compose one YAML document, refusing anything unsafe or ambiguous."""
     shown = str(path)
     try:
-        size = os.stat(path).st_size
+        with open_regular(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise YamlProblems(
+                    [Problem(shown, None, (), f"file is {size} bytes; the limit is {MAX_FILE_BYTES} (1 MiB)")]
+                )
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise YamlProblems([Problem(shown, None, (), "file not found")]) from None
+    except IsADirectoryError:
+        raise YamlProblems([Problem(shown, None, (), "is a directory, expected a YAML file")]) from None
+    except NotARegularFile as exc:
+        raise YamlProblems([Problem(shown, None, (), f"{exc.strerror}, expected a YAML file")]) from None
     except OSError as exc:
         raise YamlProblems([Problem(shown, None, (), f"cannot read: {exc.strerror}")]) from None
-    if Path(path).is_dir():
-        raise YamlProblems([Problem(shown, None, (), "is a directory, expected a YAML file")])
-    if size > MAX_FILE_BYTES:
-        raise YamlProblems(
-            [Problem(shown, None, (), f"file is {size} bytes; the limit is {MAX_FILE_BYTES} (1 MiB)")]
-        )
-    with open(path, "rb") as handle:
-        raw = handle.read(MAX_FILE_BYTES + 1)
     return load_bytes(raw, shown, text_at=text_at)
 
 
