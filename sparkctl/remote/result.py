@@ -16,6 +16,7 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     duration_s: float
+    truncated: bool = False  # output beyond the cap was dropped; the tail is kept
 
     @property
     def ok(self) -> bool:

@@ -17,7 +17,7 @@ from typing import Sequence
 import paramiko
 
 from sparkctl.inventory import Node, SshSettings
-from sparkctl.remote.base import keep_tail
+from sparkctl.remote.base import OutputTail
 from sparkctl.remote.known_hosts import AcceptNewPolicy, RejectUnknownPolicy, load_known_hosts
 from sparkctl.remote.result import CommandResult, CommandTimeout, NodeUnavailable, SshFailure
 from sparkctl.remote.ssh_errors import classify_exception, hint_for
@@ -118,12 +118,13 @@ class SshRunner:
                 channel.sendall(stdin)
             channel.shutdown_write()
             out, err = _drain(channel, started + timeout_s)
-            if out is None:
+            if out is None or err is None:
                 raise CommandTimeout(self.node.name, argv, timeout_s)
             status = channel.recv_exit_status()
         finally:
             channel.close()
-        return CommandResult(self.node.name, argv, status, keep_tail(out), keep_tail(err or b""), time.monotonic() - started)
+        return CommandResult(self.node.name, argv, status, out.value(), err.value(), time.monotonic() - started,
+                             truncated=out.cut or err.cut)
 
     def close(self) -> None:
         with self._lock:
@@ -132,21 +133,26 @@ class SshRunner:
                 self._client = None
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes | None, bytes | None]:
-    out = bytearray()
-    err = bytearray()
+def _drain(channel: paramiko.Channel, deadline: float) -> tuple[OutputTail | None, OutputTail | None]:
+    """Both outputs, each kept as a rolling tail while read; (None, None) at the deadline."""
+    out, err = OutputTail(), OutputTail()
     while True:
         progressed = False
-        while channel.recv_ready():
-            out += channel.recv(65536)
+        # Bounded bursts, so that output arriving without pause cannot starve the deadline.
+        for _ in range(256):
+            if not channel.recv_ready():
+                break
+            out.add(channel.recv(65536))
             progressed = True
-        while channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
+        for _ in range(256):
+            if not channel.recv_stderr_ready():
+                break
+            err.add(channel.recv_stderr(65536))
             progressed = True
         if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
             # Closed and drained (exit status arrives before the last data is read).
             if channel.closed or channel.eof_received:
-                return bytes(out), bytes(err)
+                return out, err
         if time.monotonic() > deadline:
             return None, None
         if not progressed:
