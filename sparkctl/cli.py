@@ -381,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
     p.add_argument("--node", help="only this node")
     p.add_argument("-n", "--lines", type=positive_int, default=50, help="lines per node (default 50)")
-    p.add_argument("--role", default="vllm", help="whose log: vllm (default), ray, probe or job")
+    # The role names a file on the node: only the roles sparkctl writes logs for.
+    p.add_argument("--role", default="vllm", choices=["vllm", "ray", "probe", "job"],
+                   help="whose log: vllm (default), ray, probe or job")
     p.set_defaults(handler=cmd_logs)
     return parser
 

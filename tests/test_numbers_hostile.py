@@ -112,3 +112,4 @@ def test_numeric_flags_are_validated(argv):
     with pytest.raises(SystemExit) as caught:
         cli.main(argv)
     assert caught.value.code == 2
+
