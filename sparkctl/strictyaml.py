@@ -250,8 +250,8 @@ class _Builder:
             problem = getattr(exc, "problem", None) or str(exc)
             self._problem(node, path, f"unsupported YAML value: {problem}")
             return None
-        except (ValueError, OverflowError):
-            # int() past 4300 digits, a date like 2001-13-45
+        except Exception:  # noqa: BLE001 - PyYAML's constructors fail in many ways on odd text
+            # int() past 4300 digits, a date like 2001-13-45, `!!int ""`, `!!bool maybe`
             shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
             self._problem(node, path, f"not a valid {kind or 'value'}: {shown!r}")
             return None

@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from sparkctl.errors import InputError
-from sparkctl.playbook import RESERVED_VLLM_FLAGS, load_playbook, reserved_flag
+from sparkctl.playbook import RESERVED_VLLM_FLAGS, reserved_flag
 from tests.conftest import REPO
-
-
-def problems(tmp_path: Path, text: str) -> list[str]:
-    path = tmp_path / "pb.yaml"
-    path.write_text(textwrap.dedent(text))
-    with pytest.raises(InputError) as caught:
-        load_playbook(str(path))
-    return caught.value.details
+from tests.test_playbook import problems
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ def refused(tmp_path: Path, text: str, capsys) -> str:
         ("cluster: c\n" + NODES + "x:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 1100)), "nesting deeper than"),
         ("cluster: c\n" + NODES + "ssh: {port: " + "9" * 5000 + "}\n", "FILE:4: ssh.port: "),
         ("cluster: c\n" + NODES + "ssh: {port: 2001-13-45}\n", "FILE:4: ssh.port: "),
+        ("cluster: !!int\n" + NODES, "FILE:1: cluster: not a valid whole number: ''"),  # found by tests/test_fuzz.py
+        ("cluster: c\n" + NODES + "ssh: {port: !!bool maybe}\n", "FILE:4: ssh.port: not a valid value: 'maybe'"),
         ("cluster: c\n" + NODES + "ssh: {port: 022}\n", "FILE:4: ssh.port: '022' is an octal number in YAML 1.1 (18)"),
         ("cluster: c\n" + NODES + "ssh: {port: 1:20}\n", "FILE:4: ssh.port: '1:20' is a base-60 number in YAML 1.1 (80)"),
         ("cluster: c\n" + NODES + "ssh: {port: 0x16}\n", "FILE:4: ssh.port: '0x16' is a hexadecimal number in YAML 1.1 (22)"),
