@@ -32,8 +32,9 @@ class KnownHosts:
         return (key.get_name(), key.get_base64()) in self.revoked
 
 
-def load_known_hosts(path: str) -> KnownHosts:
-    known = KnownHosts()
+def load_known_hosts(path: str, host_keys: paramiko.HostKeys | None = None) -> KnownHosts:
+    """Read known_hosts into `host_keys` (an SSHClient's own, or a new set)."""
+    known = KnownHosts(host_keys if host_keys is not None else paramiko.HostKeys())
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()

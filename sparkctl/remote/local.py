@@ -36,17 +36,18 @@ class LocalRunner:
         except PermissionError:
             return CommandResult(self.node_name, argv, 126, b"", f"{argv[0]}: permission denied\n".encode(), 0.0)
         out, err = OutputTail(), OutputTail()
-        try:
-            finished = _pump(proc, stdin or b"", out, err, started + timeout_s)
-        except BaseException:
-            # Ctrl-C while waiting: do not leave the helper running.
-            _kill_group(proc.pid)
-            proc.wait()
-            raise
-        if not finished:
-            _kill_group(proc.pid)
-            proc.wait()
-            raise CommandTimeout(self.node_name, argv, timeout_s)
+        with proc:  # closes the pipes however this ends
+            try:
+                finished = _pump(proc, stdin or b"", out, err, started + timeout_s)
+            except BaseException:
+                # Ctrl-C while waiting: do not leave the helper running.
+                _kill_group(proc.pid)
+                proc.wait()
+                raise
+            if not finished:
+                _kill_group(proc.pid)
+                proc.wait()
+                raise CommandTimeout(self.node_name, argv, timeout_s)
         return CommandResult(self.node_name, argv, proc.returncode, out.value(), err.value(),
                              time.monotonic() - started, truncated=out.cut or err.cut)
 
@@ -82,13 +83,13 @@ def _pump(proc: subprocess.Popen, stdin: bytes, out: OutputTail, err: OutputTail
                     continue
                 try:
                     pending = pending[os.write(key.fd, pending[:_CHUNK]):]
+                except BlockingIOError:
+                    continue
                 except BrokenPipeError:
                     pending = pending[:0]  # the command does not read its stdin
                 if not pending:
                     selector.unregister(key.fd)
                     proc.stdin.close()
-    proc.stdout.close()
-    proc.stderr.close()
     left = deadline - time.monotonic()
     try:
         proc.wait(timeout=max(left, 0.01))

@@ -34,10 +34,7 @@ class SshRunner:
     # -- connection -------------------------------------------------------
     def _connect_once(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        known = load_known_hosts(self.settings.known_hosts)
-        for name, keys in known.host_keys.items():
-            for key in keys.values():
-                client.get_host_keys().add(name, key.get_name(), key)
+        known = load_known_hosts(self.settings.known_hosts, client.get_host_keys())
         if self.settings.host_key_policy == "accept-new":
             client.set_missing_host_key_policy(AcceptNewPolicy(self.settings.known_hosts, known))
         else:
