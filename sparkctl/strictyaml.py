@@ -255,7 +255,7 @@ class _Builder:
             shown = node.value if len(node.value) <= 40 else node.value[:40] + "..."
             self._problem(node, path, f"not a valid {kind or 'value'}: {shown!r}")
             return None
-        form = _surprising_form(node.value) if node.tag in (_INT_TAG, _FLOAT_TAG) else None
+        form = _surprising_form(node.value, integer=node.tag == _INT_TAG) if node.tag in (_INT_TAG, _FLOAT_TAG) else None
         if form is not None:
             self._problem(node, path, f"{node.value!r} is {form} in YAML 1.1 ({value}); write it in decimal, "
                                       "or quote it if text is meant")
@@ -318,11 +318,13 @@ class _Builder:
         return pairs
 
 
-def _surprising_form(text: str) -> str | None:
+def _surprising_form(text: str, *, integer: bool) -> str | None:
     """YAML 1.1 number forms that do not mean what a person reads."""
     digits = text.lstrip("+-")
     if ":" in digits:
         return "a base-60 number"
+    if not integer:
+        return None
     if digits[:2] in ("0x", "0X"):
         return "a hexadecimal number"
     if digits[:2] in ("0b", "0B"):
