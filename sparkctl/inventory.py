@@ -25,6 +25,7 @@ from sparkctl.validation import (
     Port,
     Text,
     User,
+    host_identity,
     load_strict,
 )
 
@@ -154,7 +155,13 @@ class Inventory:
 
 
 def load_inventory(path: str) -> Inventory:
-    return _resolve(load_strict(path, InventoryFile, what="inventory", semantic=_semantic_problems), path)
+    return _resolve(load_strict(path, InventoryFile, what="inventory", semantic=_semantic_problems,
+                                text_at=_is_env_value), path)
+
+
+def _is_env_value(loc: tuple) -> bool:
+    """env.X and nodes[i].env.X: environment values, text as written."""
+    return (len(loc) == 2 and loc[0] == "env") or (len(loc) == 4 and loc[0] == "nodes" and loc[2] == "env")
 
 
 def _semantic_problems(inv: InventoryFile, loaded: LoadedYaml) -> list[Problem]:
@@ -174,7 +181,7 @@ def _semantic_problems(inv: InventoryFile, loaded: LoadedYaml) -> list[Problem]:
             if node.host is None:
                 problems.append(loaded.problem(("nodes", i, "host"), "missing required key 'host' (needed for connection: ssh)"))
             else:
-                endpoint = (node.host.lower(), node.port or inv.ssh.port)
+                endpoint = (host_identity(node.host), node.port or inv.ssh.port)
                 if endpoint in endpoints:
                     problems.append(
                         loaded.problem(

@@ -68,6 +68,51 @@ RESERVED_RAY_FLAGS = {
 }
 
 
+
+def reserved_flag(arg: str, reserved: dict[str, str]) -> str | None:
+    """The reserved flag an argv element would set, in any spelling the parser accepts.
+
+    vLLM's parser (vllm/utils/argparse_utils.py, FlexibleArgumentParser, checked on 0.32)
+    turns `_` into `-` in a `--` option's name up to the first '.', reads `--name.key v`
+    as a JSON form of `--name`, and splits `--name=value`. It leaves argparse's
+    allow_abbrev on, so a unique prefix is the option (`--api-k`, `--head` for
+    --headless, `-t` for -tp) and a one-letter option takes its value attached (`-n3`).
+    No vLLM option is a strict prefix of a reserved one, so refusing every prefix
+    refuses nothing else. Ray's `ray start` (Click) knows exact names only; the same
+    reading refuses there what Click would refuse anyway.
+    """
+    if not arg.startswith("-") or len(arg) < 2 or not (arg[1].isalpha() or arg[1] in "-_"):
+        return None  # a value: a word, "-", a negative number
+    name = arg.split("=", 1)[0].split(".", 1)[0]
+    if name.startswith("--"):
+        name = "--" + name[2:].replace("_", "-")
+    if name == "--":
+        return None
+    for flag in reserved:
+        if flag.startswith(name) or (len(flag) == 2 and name.startswith(flag)):
+            return flag
+    return None
+
+
+def _guard_flags(args: list[str], reserved: dict[str, str], loc: tuple, loaded: LoadedYaml, use: str) -> list[Problem]:
+    problems = []
+    for i, arg in enumerate(args):
+        flag = reserved_flag(arg, reserved)
+        if flag is not None:
+            # The name only: the value after '=' may be the very secret being kept out.
+            written = arg.split("=", 1)[0]
+            what = flag if written == flag else f"{written} is {flag}, which"
+            problems.append(loaded.problem(loc + (i,), f"{what} is set by sparkctl; use {use}{reserved[flag]}"))
+    return problems
+
+
+def _not_an_option(value: str | None, loc: tuple, loaded: LoadedYaml) -> list[Problem]:
+    """vLLM (or the shell-less exec) would read a leading '-' as an option, e.g. `model: --api-key=...`."""
+    if value is not None and value.startswith("-"):
+        return [loaded.problem(loc, "must not start with '-' (it would be read as an option)")]
+    return []
+
+
 class RaySection(BaseModel):
     """`ray:`: how sparkctl brings up Ray for `backend: ray` (ignored with mp)."""
 
@@ -164,25 +209,21 @@ class Playbook:
 
 
 def load_playbook(path: str) -> Playbook:
-    return _resolve(load_strict(path, PlaybookFile, what="playbook", semantic=_semantic_problems), path)
+    return _resolve(load_strict(path, PlaybookFile, what="playbook", semantic=_semantic_problems,
+                                text_at=lambda loc: len(loc) == 2 and loc[0] == "env"), path)
 
 
 def _semantic_problems(pb: PlaybookFile, loaded: LoadedYaml) -> list[Problem]:
     problems: list[Problem] = []
     if pb.vllm.command is not None and pb.vllm.python is not None:
         problems.append(loaded.problem(("vllm",), "set either 'command' or 'python', not both"))
-    for i, arg in enumerate(pb.vllm_args):
-        flag = arg.split("=", 1)[0]
-        if flag in RESERVED_VLLM_FLAGS:
-            problems.append(
-                loaded.problem(("vllm_args", i), f"{flag} is set by sparkctl; use the playbook key {RESERVED_VLLM_FLAGS[flag]}")
-            )
-    for i, arg in enumerate(pb.ray.extra_args):
-        flag = arg.split("=", 1)[0]
-        if flag in RESERVED_RAY_FLAGS:
-            problems.append(
-                loaded.problem(("ray", "extra_args", i), f"{flag} is set by sparkctl; use {RESERVED_RAY_FLAGS[flag]}")
-            )
+    problems += _guard_flags(pb.vllm_args, RESERVED_VLLM_FLAGS, ("vllm_args",), loaded, "the playbook key ")
+    problems += _guard_flags(pb.ray.extra_args, RESERVED_RAY_FLAGS, ("ray", "extra_args"), loaded, "")
+    problems += _not_an_option(pb.model, ("model",), loaded)
+    problems += _not_an_option(pb.served_model_name, ("served_model_name",), loaded)
+    problems += _not_an_option(pb.vllm.command[0] if pb.vllm.command else None, ("vllm", "command", 0), loaded)
+    problems += _not_an_option(pb.vllm.python, ("vllm", "python"), loaded)
+    problems += _not_an_option(pb.ray.command[0] if pb.ray.command else None, ("ray", "command", 0), loaded)
     if 10002 <= pb.ray.gcs_port <= 19999:
         problems.append(
             loaded.problem(("ray", "gcs_port"), f"{pb.ray.gcs_port} is inside Ray's worker port range 10002-19999; "

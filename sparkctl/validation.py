@@ -11,14 +11,15 @@ from typing import Annotated, Any, Callable, TypeVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
 from sparkctl.errors import InputError
-from sparkctl.strictyaml import LoadedYaml, Problem, YamlProblems, load_file
+from sparkctl.strictyaml import LoadedYaml, Path_, Problem, YamlProblems, load_file
 
 SHELL_METACHARACTERS = set("`$&|;<>()[]{}*?!~#'\"\\")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?$")
-_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_IFNAME = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+# Used with fullmatch only: `$` after re.match also matches before a trailing newline.
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?")
+_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_IFNAME = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 
 
 def _no_shell_chars(value: str, what: str) -> None:
@@ -36,20 +37,20 @@ def _check_host(value: str) -> str:
         return value
     except ValueError:
         pass
-    if not _HOSTNAME.match(value):
+    if not _HOSTNAME.fullmatch(value):
         raise ValueError(f"not a hostname or IP address: {value!r}")
     return value
 
 
 def _check_user(value: str) -> str:
     _no_shell_chars(value, "user")
-    if not _USER.match(value):
+    if not _USER.fullmatch(value):
         raise ValueError(f"not a valid user name: {value!r}")
     return value
 
 
 def _check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid name: use letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
@@ -65,7 +66,7 @@ def _check_ipv4(value: str) -> str:
 
 
 def _check_ifname(value: str) -> str:
-    if not _IFNAME.match(value):
+    if not _IFNAME.fullmatch(value):
         raise ValueError(f"not a network interface name: {value!r}")
     return value
 
@@ -88,7 +89,7 @@ def _env_value(value: Any) -> Any:
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
     for key in env:
-        if not _ENV_NAME.match(key):
+        if not _ENV_NAME.fullmatch(key):
             raise ValueError(f"{key!r} is not a valid environment variable name")
     return env
 
@@ -101,23 +102,46 @@ IfName = Annotated[str, AfterValidator(_check_ifname)]
 Text = Annotated[str, AfterValidator(_check_text)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 EnvValue = Annotated[str, BeforeValidator(_env_value), AfterValidator(_check_text)]
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+def _check_env_name(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"invalid value {value!r}")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_check_env_name)]
 Env = Annotated[dict[str, EnvValue], AfterValidator(_check_env)]
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def load_yaml_or_raise(path: str) -> LoadedYaml:
+def host_identity(host: str) -> str:
+    """One spelling per host, to find duplicates: `::1` and `0:0:0:0:0:0:0:1` are one
+    address, `::ffff:10.0.0.1` is 10.0.0.1, and names ignore case and a final dot."""
     try:
-        return load_file(path)
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower().rstrip(".")
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def _no_text(loc: Path_) -> bool:
+    return False
+
+
+def load_yaml_or_raise(path: str, text_at: "Callable[[Path_], bool]" = _no_text) -> LoadedYaml:
+    try:
+        return load_file(path, text_at=text_at)
     except YamlProblems as exc:
         raise input_error(path, exc.problems) from None
 
 
-def load_strict(path: str, model: type[M], *, what: str, semantic: "Callable[[M, LoadedYaml], list[Problem]]") -> M:
+def load_strict(path: str, model: type[M], *, what: str, semantic: "Callable[[M, LoadedYaml], list[Problem]]",
+                text_at: "Callable[[Path_], bool]" = _no_text) -> M:
     """Read a YAML file into `model`: syntax, types, unknown keys, then the
-    file's own cross-key rules; every problem located, all reported at once."""
-    loaded = load_yaml_or_raise(path)
+    file's own cross-key rules; every problem located, all reported at once.
+    `text_at(key path)`: where a plain scalar keeps its text (environment values)."""
+    loaded = load_yaml_or_raise(path, text_at)
     parsed, problems = validate_model(model, loaded, what=what)
     if parsed is not None:
         problems = semantic(parsed, loaded)

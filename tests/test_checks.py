@@ -220,7 +220,7 @@ def test_no_rdma_devices_on_a_gpu_node(node):
     spec = pair_spec(nodes=(NodeSpec("a", role="head", host="spark-a", fabric_ip="192.168.1.163"),
                             NodeSpec("b", host="spark-b", fabric_ip="192.168.1.164")))
     findings = run(spec, {"a": node("no-rdma"), "b": node("spark-healthy-b")})
-    assert by_status(findings, FAIL) == {("rdma.devices", "a")}
+    assert by_status(findings, FAIL) == {("rdma.devices", "a"), ("rdma.symmetric", None)}
     f = one(findings, "rdma.devices", "a")
     assert "no RDMA devices" in f.evidence and "is empty" in f.evidence and "the node has a GPU" in f.evidence
     assert "cx7-pcie-hotplug" in f.hint

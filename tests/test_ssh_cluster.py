@@ -190,3 +190,29 @@ def test_openssh_client_texts_from_this_machine_classify(make_vcluster):
     refused = subprocess.run(cluster.ssh_argv("node1", "true"), capture_output=True, text=True)
     assert classify_text(changed.stderr).kind is SshFailure.HOST_KEY_CHANGED, changed.stderr
     assert classify_text(refused.stderr).kind is SshFailure.UNREACHABLE, refused.stderr
+
+
+def test_known_hosts_markers_revoked_keys_and_a_missing_newline(make_vcluster, tmp_path):
+    """#13 defect 5 over real sshd: marker lines are skipped, a key under @revoked is
+    refused (exit 3, with either policy), and accept-new starts a new line first."""
+    cluster = make_vcluster(2)
+    entries = cluster.known_hosts.read_text().splitlines()
+    node1_key = entries[1].split(None, 1)[1]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"@cert-authority *.example.com {node1_key}\n" + "\n".join(entries) + "\n")
+    inventory = write_inventory(cluster, tmp_path, "markers.yaml", ssh={"known_hosts": str(known)})
+    rc, out, err = exec_json(inventory, "true")
+    assert rc == 0, err
+    known.write_text("\n".join(entries) + f"\n@revoked * {node1_key}\n")
+    for policy in ("strict", "accept-new"):
+        inventory = write_inventory(cluster, tmp_path, f"{policy}.yaml", ssh={"known_hosts": str(known), "host_key_policy": policy})
+        rc, out, _ = exec_json(inventory, "true")
+        by_node = {n["node"]: n for n in out["nodes"]}
+        assert rc == 3 and by_node["node1"]["error_kind"] == SshFailure.HOST_KEY_REVOKED.value
+        assert by_node["node0"]["returncode"] == 0
+    assert "@revoked" in known.read_text() and known.read_text().count(node1_key) == 2  # nothing recorded
+    known.write_text(entries[0])  # no newline at the end
+    accepting = write_inventory(cluster, tmp_path, "accept2.yaml", ssh={"known_hosts": str(known), "host_key_policy": "accept-new"})
+    rc, _, err = exec_json(accepting, "true")
+    assert rc == 0, err
+    assert known.read_text().splitlines() == entries

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from sparkctl.checks.fabric import gib, natural_key, network, section
+from sparkctl.checks.fabric import gib, natural_key, network, rdma_split, section
 from sparkctl.checks.findings import Finding, Status, finding
 from sparkctl.checks.node import NodeContext, fabric_mtus
 from sparkctl.checks.spec import ClusterSpec
@@ -43,6 +43,21 @@ def check_same_cage(cc: ClusterContext) -> list[Finding]:
                         "NCCL can hang silently when NCCL_IB_HCA differs between nodes (NVIDIA/nccl#2428): use "
                         "the same cage and the same device naming (roce* vs mlx5_*) on every node")]
     return [finding("rdma.same-cage", PASS, None, f"{listed}; HCAs {','.join(next(iter(hcas.values())))}")]
+
+
+def check_rdma_symmetric(cc: ClusterContext) -> list[Finding]:
+    """Whatever the GPUs: a CPU-only node without RDMA gets only a WARN of its own, yet
+    it drags every collective with the RDMA nodes down to sockets."""
+    have, lack = rdma_split({n: c.fabric for n, c in cc.nodes.items()})
+    if not have or not lack:
+        return []
+    hcas = "; ".join(f"{n}: {','.join(t.hca for t in cc.nodes[n].fabric.twins)}" for n in have)
+    return [finding("rdma.symmetric", FAIL, None,
+                    f"{', '.join(have)} {'has' if len(have) == 1 else 'have'} RDMA devices ({hcas}), "
+                    f"{', '.join(lack)} {'has' if len(lack) == 1 else 'have'} none: between them NCCL can only use "
+                    "TCP sockets",
+                    f"bring up the ConnectX-7 on {', '.join(lack)} (cable attached at boot, `ibdev2netdev` shows "
+                    "the twins), or leave RDMA out everywhere (NCCL_IB_DISABLE=1 on every node)")]
 
 
 def check_mtu_match(cc: ClusterContext) -> list[Finding]:
@@ -240,6 +255,7 @@ def check_reach_coverage(cc: ClusterContext) -> list[Finding]:
 
 CLUSTER_CHECKS: tuple[Callable[[ClusterContext], list[Finding]], ...] = (
     check_same_cage,
+    check_rdma_symmetric,
     check_mtu_match,
     check_fabric_subnets,
     check_versions,

@@ -181,6 +181,13 @@ def fabric_of(facts: Facts, hcas: tuple[str, ...] | None = None) -> Fabric:
     )
 
 
+def rdma_split(fabrics: Mapping[str, Fabric]) -> tuple[list[str], list[str]]:
+    """(nodes with RDMA devices, nodes without) among those whose RDMA facts were read;
+    both non-empty means NCCL can only use TCP sockets between the two groups."""
+    read = {n: f for n, f in fabrics.items() if f.rdma_gathered}
+    return [n for n, f in read.items() if f.has_devices], [n for n, f in read.items() if not f.has_devices]
+
+
 def ipv4_map(facts: Facts) -> dict[str, list[str]]:
     """{ifname: ["a.b.c.d/len"]} from the facts (or a probe reply's "interfaces")."""
     interfaces = facts.get("interfaces") if facts else None

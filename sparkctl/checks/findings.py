@@ -66,6 +66,7 @@ _CHECKS: tuple[tuple[str, str, str], ...] = (
     ("net.peer-reach", "node", "the node reaches every peer's fabric addresses (ping)"),
     ("net.peer-mtu", "node", "don't-fragment pings at the full MTU reach every peer (MTU equal along the path)"),
     ("rdma.same-cage", "cluster", "the same QSFP cage (and the same HCA names) is cabled on every node"),
+    ("rdma.symmetric", "cluster", "no node has RDMA devices while another has none (NCCL would fall back to sockets)"),
     ("net.mtu-match", "cluster", "the MTU is equal on both ends of the fabric link"),
     ("net.fabric-subnets", "cluster", "each twin shares an IPv4 subnet with the matching twin on every other node"),
     ("versions.driver", "cluster", "the NVIDIA driver version is equal on every node"),

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from sparkctl.checks.fabric import Facts, fabric_of, interface_for, ipv4_map, is_ip, section
+from sparkctl.checks.fabric import Facts, fabric_of, interface_for, ipv4_map, is_ip, rdma_split, section
 from sparkctl.checks.spec import ClusterSpec, NodeSpec
 from sparkctl.errors import OperationFailed
 from sparkctl.netplan import HostPlan
@@ -75,6 +75,7 @@ def derive_plan(spec: ClusterSpec, facts: Mapping[str, Facts | None]) -> Network
         master, master_why = head_config["MASTER_ADDR"][0], f"set by {head_config['MASTER_ADDR'][1]} on the head"
     else:
         master, master_why = drafts[head.name].env["VLLM_HOST_IP"], f"the head's ({head.name}) VLLM_HOST_IP"
+    _no_one_sided_hca(spec, facts, drafts)
     hosts = {}
     for node in spec.nodes:
         draft = drafts[node.name]
@@ -134,6 +135,21 @@ def _draft(spec: ClusterSpec, node: NodeSpec, facts: Facts | None, problems: lis
         why["NCCL_IB_HCA"] = (f"both twins of {fab.selected_from} ({', '.join(t.name for t in fab.selected)}), "
                               "exact-match form")
     return _Draft(interface=interface, env=env, why=why)
+
+
+def _no_one_sided_hca(spec: ClusterSpec, facts: Mapping[str, Facts | None], drafts: dict[str, _Draft]) -> None:
+    """When some nodes have RDMA devices and others none, NCCL between them runs on
+    sockets; NCCL_IB_HCA on one side only would make the two sides disagree about the
+    transport, so no node gets it (check rdma.symmetric FAILs and says why)."""
+    if spec.fabric_hcas:
+        return  # named by the user for every node; rdma.devices FAILs where they are missing
+    have, lack = rdma_split({n: fabric_of(f) for n, f in facts.items() if f is not None})
+    if not have or not lack:
+        return
+    for draft in drafts.values():
+        draft.env.pop("NCCL_IB_HCA", None)
+        draft.why["NCCL_IB_HCA"] = (f"not set: {', '.join(lack)} {'has' if len(lack) == 1 else 'have'} no "
+                                    "RDMA devices, so NCCL uses sockets between the nodes")
 
 
 def _apply_overrides(spec: ClusterSpec, node: NodeSpec, draft: _Draft) -> None:

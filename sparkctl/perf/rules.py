@@ -74,6 +74,9 @@ def config_from_args(args: tuple[str, ...], source: str) -> ServingConfig:
 
 _NON_DEFAULT = re.compile(r"non-default args:\s*(\{.*\})")
 _GB10 = re.compile(r"\bGB10\b|sm_?121|capability[^\n]{0,20}12\.1")
+# the only lines the log rules read; doctor keeps these while it streams a long log
+EVIDENCE_LINE = re.compile(r"non-default args:|platform cpu|CPU KV cache|VLLM_CPU_|\bGB10\b|sm_?121|capability",
+                           re.IGNORECASE)
 
 
 def config_from_log(text: str) -> ServingConfig | None:

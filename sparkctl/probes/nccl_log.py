@@ -12,24 +12,31 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
-from ..logtext import NCCL_VERSION, strip_ansi, strip_process_tags
+from ..logtext import NCCL_VERSION, finite_float, iter_lines, strip_ansi, strip_process_tags
 
 # NCCL prints the verbs path-MTU enum; people think in bytes.
 MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
 
 _LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
+# Distinct hosts, ranks, devices, variables... a log can name: a real one names a few
+# dozen; a hostile or runaway one could name millions, and the report stays small.
+MAX_ITEMS = 1024
+MAX_WARNINGS = 100
 # Intra-node paths, most capable first: used when no inter-node path is in the log.
 _INTRA_RANK = ("nvls", "p2p", "shm")
 
 # ---------------------------------------------------------------- line cleaning
-_RAY_REPEAT = re.compile(r"\s*\[repeated \d+x across cluster\].*$")
+# Ray's dedup marker; everything from it to the end of the line is dropped.
+_RAY_REPEAT = re.compile(r"\[repeated \d+x across cluster\]")
 _OMITTED = re.compile(r"^\s*\[\s*(?:\.\.\.|…)[^\]]*\bomitted\b")
 # host:pid:tid [cudaDev] [file.cc:line ]NCCL LEVEL  (searched anywhere: timestamps,
-# mpirun `[1,0]<stdout>:` tags and wrappers may come first).
+# mpirun `[1,0]<stdout>:` tags and wrappers may come first). The host starts where a run
+# of host characters starts: the leftmost match always does, and without the lookbehind
+# a long run would be rescanned from each of its characters.
 _PREFIX = re.compile(
-    r"(?P<host>[^\s:()\[\]|]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] (?:\S+:\d+ )?"
+    r"(?<![^\s:()\[\]|])(?P<host>[^\s:()\[\]|]+):(?P<pid>\d+):(?P<tid>\d+) \[(?P<dev>\d+)\] (?:\S+:\d+ )?"
     r"NCCL (?P<level>INFO|WARN|TRACE|ABORT)\b ?"
 )
 _BARE = re.compile(r"\bNCCL (?P<level>INFO|WARN)\b:? ?")
@@ -37,13 +44,15 @@ _BARE = re.compile(r"\bNCCL (?P<level>INFO|WARN)\b:? ?")
 # ---------------------------------------------------------------- NCCL messages
 _CUDA_DRIVER = re.compile(r"^cudaDriverVersion (\d+)")
 _ENV = re.compile(r"^(NCCL_\w+) set (?:by environment )?to ?(.*?)\.?$")
-_USING_NETWORK = re.compile(r"^Using network (\S.*?)\s*$")
+# Messages are stripped, so no pattern needs a trailing `\s*$` (after a lazy group it is quadratic).
+_USING_NETWORK = re.compile(r"^Using network (\S.*)")
 _PLUGIN_NAME = re.compile(r"^(?:Initialized|Assigned) NET plugin (\S+)|^P2P plugin (\S+)")
 _NET_USING = re.compile(r"^NET/(?P<net>IB\w*|Socket)\s*:\s*Using\b(?P<rest>.*)$")
 _IB_ITEM = re.compile(r"\[(\d+)\]([^\s:\[\]]+):(\d+)/(\w+)")
 _SOCKET_ITEM = re.compile(r"\[(\d+)\]([^\s:\[\]]+):")
-_OOB = re.compile(r";\s*OOB\s+(\S+?)(?:<\d+>)?\s*$")
-_BOOTSTRAP = re.compile(r"^Bootstrap\s*:\s*Using\s+(?:\[\d+\])?(\S+?)(?:<\d+>)?\s*$")
+_OOB = re.compile(r";\s*OOB\s+(\S+)$")
+_BOOTSTRAP = re.compile(r"^Bootstrap\s*:\s*Using\s+(?:\[\d+\])?(\S+)$")
+_IF_INDEX = re.compile(r"<\d+>$")  # "enp1s0f1np1<0>": the interface index NCCL appends
 _IB_DEV = re.compile(r"^NET/IB\s*:\s*\[\d+\]\s*([^\s:]+):uverbs\d+:\d+/\w+")
 _VIRTUAL_DEV = re.compile(r"Made virtual device \[(\d+)\] name=(\S+)")
 _IB_NONE = re.compile(r"^NET/IB\s*:\s*No device found")
@@ -187,21 +196,35 @@ class _Line:
     msg: str
 
 
-def _lines(text: str) -> tuple[list[_Line], bool]:
-    """Split pasted text into NCCL messages; returns (lines, saw an 'omitted' marker)."""
-    cleaned: list[str] = []
-    for physical in text.splitlines():  # handles \n, \r\n and lone \r
-        cleaned.append(strip_process_tags(strip_ansi(physical)).strip())
-    # The first prefix on a line cannot be glued to an earlier message, so its host is
-    # trusted; it tells where a glued prefix really begins ("...network IBspark-a1:88:88 [0]").
-    clean_hosts = {m["host"] for line in cleaned if (m := _PREFIX.search(line)) is not None}
-    out: list[_Line] = []
-    truncated = False
-    for line in cleaned:
+class _Omitted:
+    """Stands for a "[... N lines omitted ...]" marker among the messages."""
+
+
+_OMITTED_MARK = _Omitted()
+
+
+def _cleaned(lines: Iterable[str]) -> Iterator[str]:
+    for physical in lines:
+        yield strip_process_tags(strip_ansi(physical)).strip()
+
+
+def _clean_hosts(lines: Iterable[str]) -> set[str]:
+    """The first prefix on a line cannot be glued to an earlier message, so its host is
+    trusted; it tells where a glued prefix really begins ("...network IBspark-a1:88:88 [0]")."""
+    hosts: set[str] = set()
+    for line in _cleaned(lines):
+        if len(hosts) < MAX_ITEMS and (m := _PREFIX.search(line)) is not None:
+            hosts.add(m["host"])
+    return hosts
+
+
+def _messages(lines: Iterable[str], clean_hosts: set[str]) -> Iterator[_Line | _Omitted]:
+    """Split pasted lines into NCCL messages."""
+    for line in _cleaned(lines):
         if not line:
             continue
         if _OMITTED.match(line):
-            truncated = True
+            yield _OMITTED_MARK
             continue
         starts = [(m.start() + (_glue_offset(m["host"], clean_hosts) if i else 0), m)
                   for i, m in enumerate(_PREFIX.finditer(line))]
@@ -210,14 +233,32 @@ def _lines(text: str) -> tuple[list[_Line], bool]:
             for i, (begin, m) in enumerate(starts):
                 end = starts[i + 1][0] if i + 1 < len(starts) else len(line)
                 host = m["host"][begin - m.start():]
-                out.append(_Line(host, m["level"], _tidy(line[m.end():end])))
+                yield _Line(host, m["level"], _tidy(line[m.end():end]))
             continue
         bare = _BARE.search(line)
         if bare is not None:
-            out.append(_Line(None, bare["level"], _tidy(line[bare.end():])))
+            yield _Line(None, bare["level"], _tidy(line[bare.end():]))
         else:
-            out.append(_Line(None, None, _tidy(line)))
-    return out, truncated
+            yield _Line(None, None, _tidy(line))
+
+
+class _Tally:
+    """Messages of one kind: all counted, the first few kept."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: list[str] = []
+
+    def append(self, msg: str) -> None:
+        self.count += 1
+        if len(self.first) < 8:
+            self.first.append(msg)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> str:
+        return self.first[index]
 
 
 def _glue_offset(host: str, clean_hosts: set[str]) -> int:
@@ -238,16 +279,24 @@ def _add_version(seq: list[str], version: str) -> None:
             if "+" in version and "+" not in seen:
                 seq[i] = version
             return
-    seq.append(version)
+    _add(seq, version)
 
 
 def _tidy(msg: str) -> str:
-    return _RAY_REPEAT.sub("", msg).strip()
+    if (m := _RAY_REPEAT.search(msg)) is not None:
+        msg = msg[:m.start()]
+    return msg.strip()
 
 
-def _add(seq: list, item: Any) -> None:
-    if item is not None and item not in seq:
+def _add(seq: list, item: Any, limit: int = MAX_ITEMS) -> None:
+    if item is not None and len(seq) < limit and item not in seq:
         seq.append(item)
+
+
+def _put(table: dict, key: Any, value: Any) -> None:
+    """setdefault, up to MAX_ITEMS keys."""
+    if key in table or len(table) < MAX_ITEMS:
+        table.setdefault(key, value)
 
 
 def _decode_gid(subnet_hex: str, iid_hex: str) -> tuple[str | None, bool]:
@@ -277,20 +326,27 @@ def _network_of(name: str) -> str:
 
 def parse_nccl_log(text: str) -> NcclLogReport:
     """Parse an NCCL_DEBUG=INFO log (any mix of ranks, wrappers and noise)."""
-    lines, truncated = _lines(text)
-    r = NcclLogReport(truncated=truncated)
+    return parse_nccl_log_lines(lambda: iter_lines([text]))
+
+
+def parse_nccl_log_lines(read: Callable[[], Iterable[str]]) -> NcclLogReport:
+    """The same from a source of lines: `read()` gives them from the start and is called
+    twice (host names first), so a file is streamed, never held whole."""
+    clean_hosts = _clean_hosts(read())
+    r = NcclLogReport()
     ev: dict[str, str] = {}  # first line that proves each fact, for messages
     net_names: list[str] = []  # from "Using network X" / "Assigned NET plugin X"
     init_names: list[str] = []  # from "Initialized NET plugin X" / "P2P plugin X"
     data_kinds: list[str] = []
     dev_names: dict[int, str] = {}
-    gdr_seen: list[bool] = []
-    ib_errors: list[str] = []
-    plugin_failures: list[str] = []
-    other_warns: list[str] = []
+    gdr_seen: set[bool] = set()
+    ib_errors, plugin_failures, other_warns = _Tally(), _Tally(), _Tally()
     qp_seen: dict[tuple, tuple[str | None, re.Match[str], str]] = {}
 
-    for ln in lines:
+    for ln in _messages(read(), clean_hosts):
+        if isinstance(ln, _Omitted):
+            r.truncated = True
+            continue
         msg = ln.msg
         _add(r.hosts, ln.host)
         if (m := NCCL_VERSION.search(msg)) is not None:
@@ -307,19 +363,19 @@ def parse_nccl_log(text: str) -> NcclLogReport:
                 ib_errors.append(msg)
             elif not plugin_failed:
                 other_warns.append(msg)
-            _add(r.warnings, msg)
+            _add(r.warnings, msg, MAX_WARNINGS)
             continue
         if (m := _CUDA_DRIVER.match(msg)) is not None:
             r.cuda_driver_version = r.cuda_driver_version or int(m[1])
         elif (m := _ENV.match(msg)) is not None:
-            r.env.setdefault(m[1], m[2].strip())
-            ev.setdefault("env:" + m[1], msg)
+            _put(r.env, m[1], m[2].strip())
+            _put(ev, "env:" + m[1], msg)
         elif (m := _USING_NETWORK.match(msg)) is not None:
             _add(net_names, m[1])
             ev.setdefault("network:" + _network_of(m[1]), msg)
         elif (m := _PLUGIN_NAME.match(msg)) is not None:
             name = m[1] or m[2]
-            (net_names if msg.startswith("Assigned") else init_names).append(name)
+            _add(net_names if msg.startswith("Assigned") else init_names, name)
         elif (m := _NET_USING.match(msg)) is not None:
             rest = m["rest"]
             if m["net"] == "Socket":
@@ -328,25 +384,25 @@ def parse_nccl_log(text: str) -> NcclLogReport:
                 ev.setdefault("socket-using", msg)
             else:
                 for item in _IB_ITEM.finditer(rest):
-                    dev_names.setdefault(int(item[1]), item[2])
+                    _put(dev_names, int(item[1]), item[2])
                     for name in item[2].split("+"):  # merged virtual NICs: a+b
                         _add(r.ib_devices, name)
                     r.link_layer = r.link_layer or item[4]
                 ev.setdefault("ib-using", msg)
             if (oob := _OOB.search(rest)) is not None:
-                r.oob_interface = r.oob_interface or oob[1]
+                r.oob_interface = r.oob_interface or _IF_INDEX.sub("", oob[1])
         elif (m := _BOOTSTRAP.match(msg)) is not None:
-            r.bootstrap_interface = r.bootstrap_interface or m[1]
+            r.bootstrap_interface = r.bootstrap_interface or _IF_INDEX.sub("", m[1])
         elif (m := _IB_DEV.match(msg)) is not None:
             _add(r.ib_devices, m[1])
         elif (m := _VIRTUAL_DEV.search(msg)) is not None:
-            dev_names.setdefault(int(m[1]), m[2])
+            _put(dev_names, int(m[1]), m[2])
             for name in m[2].split("+"):
                 _add(r.ib_devices, name)
         elif _IB_NONE.match(msg):
             ev.setdefault("ib-none", msg)
         elif (m := _QP.match(msg)) is not None:
-            qp_seen.setdefault((ln.host, m[1], m[2], m[3], m[4]), (ln.host, m, msg))
+            _put(qp_seen, (ln.host, m[1], m[2], m[3], m[4]), (ln.host, m, msg))
         elif (m := _COMM.search(msg)) is not None:
             _add(r.ranks, int(m[1]))
             r.nranks = max(r.nranks or 0, int(m[2]))
@@ -354,16 +410,17 @@ def parse_nccl_log(text: str) -> NcclLogReport:
                 r.nnodes = max(r.nnodes or 0, int(m[3]))
             if m[4] is not None:
                 r.local_ranks = max(r.local_ranks or 0, int(m[4]))
-        elif (m := _INIT_TOTAL.match(msg)) is not None:
-            r.init_time_s = max(r.init_time_s or 0.0, float(m[1]))
+        elif (m := _INIT_TOTAL.match(msg)) is not None and (total := finite_float(m[1])) is not None:
+            r.init_time_s = max(r.init_time_s or 0.0, total)
         if (m := _CHANNEL.search(msg)) is not None:
             path, rest = m["path"], m["rest"]
-            r.channels[path] = r.channels.get(path, 0) + 1
+            if path in r.channels or len(r.channels) < MAX_ITEMS:
+                r.channels[path] = r.channels.get(path, 0) + 1
             kind = _channel_kind(path)
             _add(data_kinds, kind)
             ev.setdefault("channel:" + kind, msg)
             if "GDRDMA" in rest:
-                gdr_seen.append(True)
+                gdr_seen.add(True)
         if (m := _NVLS_CHANNELS.search(msg)) is not None:
             r.nvls_channels = max(r.nvls_channels or 0, int(m[1]))
             if int(m[1]) > 0:
@@ -371,10 +428,10 @@ def parse_nccl_log(text: str) -> NcclLogReport:
         if _NVLINK.search(msg):
             _add(data_kinds, "p2p")
         if (m := _GDR_HCA.search(msg)) is not None:
-            gdr_seen.append(m[1] == "Enabled")
+            gdr_seen.add(m[1] == "Enabled")
             ev.setdefault("gdr", msg)
         elif (m := _GDR_FLAG.search(msg)) is not None:
-            gdr_seen.append(m[1] == "1")
+            gdr_seen.add(m[1] == "1")
             ev.setdefault("gdr", msg)
 
     r.ranks.sort()
@@ -449,7 +506,7 @@ def _qp_name(qp: QueuePair) -> str:
 
 
 def _findings(
-    r: NcclLogReport, ev: dict[str, str], ib_errors: list[str], plugin_failures: list[str], other_warns: list[str]
+    r: NcclLogReport, ev: dict[str, str], ib_errors: _Tally, plugin_failures: _Tally, other_warns: _Tally
 ) -> list[Finding]:
     out: list[Finding] = []
 

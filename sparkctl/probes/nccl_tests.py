@@ -8,16 +8,21 @@ shape, not by position, because mpirun and NCCL print noise in between.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable, Iterator
 
-from ..logtext import NCCL_VERSION, PROCESS_TAG, strip_ansi
+from ..logtext import NCCL_VERSION, PROCESS_TAG, iter_lines, strip_ansi
 
 MIB = 1 << 20
 # Below this size a two-node run measures latency more than link bandwidth.
 VERDICT_MIN_BYTES = 256 * MIB
 DEGRADED_FRACTION = 0.8
+# A run prints a few dozen rows and devices; these bound what a runaway or hostile output costs.
+MAX_ROWS = 10_000
+MAX_DEVICES = 4096
+MAX_ERRORS = 100
 
 # Longest names first so "reduce_scatter" is not read as "reduce".
 COLLECTIVES = ("reduce_scatter", "all_reduce", "all_gather", "alltoall", "broadcast", "sendrecv",
@@ -35,12 +40,13 @@ _VERSION = re.compile(r"^#\s*nccl-tests version (\S+)(?:\s+\((\w+)\))?\s+nccl-he
 _START = re.compile(r"^#\s*Collective test starting:\s*(\S+)")
 _CONCLUDED = re.compile(r"^#\s*Collective test concluded:")
 _DEVICE = re.compile(
-    r"^#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*?)\s*$"
+    r"^#\s*Rank\s+(\d+)\s+(?:Group\s+(\d+)\s+)?Pid\s+(\d+)\s+on\s+(\S+)\s+device\s+(\d+)\s+\[([^\]]*)\]\s*(.*)"
 )
 _COLUMNS = re.compile(r"^#\s*size\s+count\s+type\s+redop\b(.*)$")
 _OOB = re.compile(r"^#\s*Out of bounds values\s*:\s*(\d+)\s*(OK|FAILED)?")
 _AVG = re.compile(r"^#\s*Avg bus bandwidth\s*:\s*(\S+)\s*(OK|FAILED)?")
-_ERROR = re.compile(r"^#\s*error:\s*(.+?)\s*$")
+# Lines are stripped before matching: no trailing `\s*$` after a lazy group (quadratic).
+_ERROR = re.compile(r"^#\s*error:\s*(.+)")
 _BINARY = re.compile(r"(?:^|[\s/])(" + "|".join(COLLECTIVES) + r")_perf\b")
 _PARAMS = {
     "nthread": r"nThread (\d+)", "ngpus": r"nGpus (\d+)", "min_bytes": r"minBytes (\d+)",
@@ -177,14 +183,21 @@ def collective_from_name(name: str | None) -> str | None:
 
 def parse_nccl_tests(text: str, *, expect_busbw_gbs: float = 22.0, source_name: str | None = None) -> NcclTestsReport:
     """Parse nccl-tests stdout. `source_name` (e.g. a file name) names the collective when the text does not."""
+    return parse_nccl_tests_lines(iter_lines([text]), open_tail=bool(text) and text[-1] not in "\r\n",
+                                  expect_busbw_gbs=expect_busbw_gbs, source_name=source_name)
+
+
+def parse_nccl_tests_lines(lines: Iterable[str], *, open_tail: bool, expect_busbw_gbs: float = 22.0,
+                           source_name: str | None = None) -> NcclTestsReport:
+    """The same from lines read one at a time. `open_tail`: the last line has no line end
+    (the output may have been cut inside it)."""
     rep = NcclTestsReport(expect_busbw_gbs=expect_busbw_gbs)
     root_col: bool | None = None  # from the column header, when present
     per_iter: bool | None = None
     command_coll: str | None = None
     last_row_width: int | None = None
-    physical_lines = text.splitlines()
-    open_tail = bool(text) and text[-1] not in "\r\n"  # last line has no newline: maybe cut
-    for i, physical in enumerate(physical_lines):
+    rows_cut = False
+    for physical, last in _with_last(lines):
         raw = _LINE_TAG.sub("", strip_ansi(physical)).rstrip()
         line = raw.strip()
         if not line:
@@ -195,14 +208,21 @@ def parse_nccl_tests(text: str, *, expect_busbw_gbs: float = 22.0, source_name: 
         if (m := NCCL_VERSION.search(line)) is not None:
             rep.version.setdefault("nccl_runtime", m[1])
         row = _parse_row(line.split(), root_col, per_iter)
-        if row is not None and open_tail and i == len(physical_lines) - 1 and _narrower(raw, last_row_width):
+        if row is not None and open_tail and last and _narrower(raw, last_row_width):
             rep.problems.append("The last row is cut short and was ignored.")
+        elif row is not None and len(rep.rows) >= MAX_ROWS:
+            rows_cut = True
         elif row is not None:
             rep.rows.append(row)
             last_row_width = None if "\t" in raw else len(raw)
         elif command_coll is None and (m := _BINARY.search(line)) is not None:
             command_coll = m[1]
 
+    if rows_cut:
+        rep.problems.append(f"More than {MAX_ROWS} result rows; the rest were ignored.")
+    if rep.devices:
+        rep.nranks = len({d["rank"] for d in rep.devices})
+        rep.nnodes = len({d["host"] for d in rep.devices})
     if rep.collective is not None:
         rep.collective_source = "header"
     elif command_coll is not None:
@@ -239,11 +259,9 @@ def _header_line(rep: NcclTestsReport, line: str, root_col: bool | None, per_ite
         rep.concluded = True
     elif line.lstrip("# ").startswith("nThread"):
         rep.params = {k: (int(x[1]) if (x := re.search(p, line)) else None) for k, p in _PARAMS.items()}
-    elif (m := _DEVICE.match(line)) is not None:
+    elif (m := _DEVICE.match(line)) is not None and len(rep.devices) < MAX_DEVICES:
         rep.devices.append({"rank": int(m[1]), "group": int(m[2]) if m[2] else None, "pid": int(m[3]),
                             "host": m[4], "device": int(m[5]), "bus_id": m[6], "name": m[7]})
-        rep.nranks = len({d["rank"] for d in rep.devices})
-        rep.nnodes = len({d["host"] for d in rep.devices})
     elif (m := _COLUMNS.match(line)) is not None:
         cols = m[1].split()
         root_col = bool(cols) and cols[0] == "root"
@@ -256,9 +274,22 @@ def _header_line(rep: NcclTestsReport, line: str, root_col: bool | None, per_ite
         except ValueError:  # a mangled footer must not hide the rows
             rep.avg_busbw_gbs, rep.avg_busbw_source = None, None
         rep.avg_busbw_check = m[2]
-    elif (m := _ERROR.match(line)) is not None:
+    elif (m := _ERROR.match(line)) is not None and len(rep.errors) < MAX_ERRORS:
         rep.errors.append(m[1])
     return root_col, per_iter
+
+
+def _with_last(items: Iterable[str]) -> Iterator[tuple[str, bool]]:
+    """Each item, and whether it is the last one (one item of look-ahead)."""
+    iterator = iter(items)
+    try:
+        current = next(iterator)
+    except StopIteration:
+        return
+    for following in iterator:
+        yield current, False
+        current = following
+    yield current, True
 
 
 def _narrower(raw: str, width: int | None) -> bool:
@@ -275,12 +306,14 @@ def _decode_nccl_code(code: int) -> str | None:
 
 
 def _number(tok: str) -> float | None:
-    """A numeric cell; None for nan/inf (nccl-tests prints them on failures)."""
+    """A numeric cell; None for nan/inf (nccl-tests prints them on failures) and for
+    digits too many to be a finite float."""
     if tok.lower() in _NOT_A_NUMBER:
         return None
     if not _NUM.match(tok):
         raise ValueError(tok)
-    return float(tok)
+    value = float(tok)
+    return value if math.isfinite(value) else None
 
 
 def _wrong(tok: str) -> int | float | None:

@@ -16,6 +16,7 @@ class CommandResult:
     stdout: bytes
     stderr: bytes
     duration_s: float
+    truncated: bool = False  # output beyond the cap was dropped; the tail is kept
 
     @property
     def ok(self) -> bool:
@@ -33,6 +34,7 @@ class SshFailure(enum.Enum):
     AUTH = "auth"
     HOST_KEY_CHANGED = "host-key-changed"
     HOST_KEY_UNKNOWN = "host-key-unknown"
+    HOST_KEY_REVOKED = "host-key-revoked"
     TRANSIENT = "transient"
     OTHER = "ssh-error"
 

@@ -8,8 +8,6 @@ Only failures classified as transient are retried, within a deadline.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import select
 import shlex
 import threading
@@ -19,28 +17,10 @@ from typing import Sequence
 import paramiko
 
 from sparkctl.inventory import Node, SshSettings
-from sparkctl.remote.base import keep_tail
+from sparkctl.remote.base import OutputTail
+from sparkctl.remote.known_hosts import AcceptNewPolicy, RejectUnknownPolicy, load_known_hosts
 from sparkctl.remote.result import CommandResult, CommandTimeout, NodeUnavailable, SshFailure
 from sparkctl.remote.ssh_errors import classify_exception, hint_for
-
-
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """Record a first-seen host key in known_hosts; a changed key never reaches here."""
-
-    def __init__(self, known_hosts: str):
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key):  # noqa: ANN001 (paramiko's signature)
-        os.makedirs(os.path.dirname(self.known_hosts) or ".", mode=0o700, exist_ok=True)
-        with open(self.known_hosts, "a", encoding="utf-8") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        client.get_host_keys().add(hostname, key.get_name(), key)
-
-
-class _RejectUnknownPolicy(paramiko.MissingHostKeyPolicy):
-    def missing_host_key(self, client, hostname, key):  # noqa: ANN001
-        raise paramiko.SSHException(f"Server {hostname!r} not found in known_hosts")
 
 
 class SshRunner:
@@ -54,12 +34,11 @@ class SshRunner:
     # -- connection -------------------------------------------------------
     def _connect_once(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
-        if os.path.exists(self.settings.known_hosts):
-            client.load_host_keys(self.settings.known_hosts)
+        known = load_known_hosts(self.settings.known_hosts, client.get_host_keys())
         if self.settings.host_key_policy == "accept-new":
-            client.set_missing_host_key_policy(_AcceptNewPolicy(self.settings.known_hosts))
+            client.set_missing_host_key_policy(AcceptNewPolicy(self.settings.known_hosts, known))
         else:
-            client.set_missing_host_key_policy(_RejectUnknownPolicy())
+            client.set_missing_host_key_policy(RejectUnknownPolicy(known))
         timeout = self.settings.connect_timeout_s
         identity = self.settings.identity_file
         try:
@@ -136,12 +115,13 @@ class SshRunner:
                 channel.sendall(stdin)
             channel.shutdown_write()
             out, err = _drain(channel, started + timeout_s)
-            if out is None:
+            if out is None or err is None:
                 raise CommandTimeout(self.node.name, argv, timeout_s)
             status = channel.recv_exit_status()
         finally:
             channel.close()
-        return CommandResult(self.node.name, argv, status, keep_tail(out), keep_tail(err or b""), time.monotonic() - started)
+        return CommandResult(self.node.name, argv, status, out.value(), err.value(), time.monotonic() - started,
+                             truncated=out.cut or err.cut)
 
     def close(self) -> None:
         with self._lock:
@@ -150,21 +130,26 @@ class SshRunner:
                 self._client = None
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes | None, bytes | None]:
-    out = bytearray()
-    err = bytearray()
+def _drain(channel: paramiko.Channel, deadline: float) -> tuple[OutputTail | None, OutputTail | None]:
+    """Both outputs, each kept as a rolling tail while read; (None, None) at the deadline."""
+    out, err = OutputTail(), OutputTail()
     while True:
         progressed = False
-        while channel.recv_ready():
-            out += channel.recv(65536)
+        # Bounded bursts, so that output arriving without pause cannot starve the deadline.
+        for _ in range(256):
+            if not channel.recv_ready():
+                break
+            out.add(channel.recv(65536))
             progressed = True
-        while channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
+        for _ in range(256):
+            if not channel.recv_stderr_ready():
+                break
+            err.add(channel.recv_stderr(65536))
             progressed = True
         if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
             # Closed and drained (exit status arrives before the last data is read).
             if channel.closed or channel.eof_received:
-                return bytes(out), bytes(err)
+                return out, err
         if time.monotonic() > deadline:
             return None, None
         if not progressed:

@@ -36,6 +36,8 @@ class Classified:
 # Ordered: the first matching pattern wins. Host-key texts come first because
 # OpenSSH ends them with a generic "Host key verification failed.".
 _TEXT_RULES: list[tuple[re.Pattern[str], SshFailure, str]] = [
+    (re.compile(r"listed under @revoked|is marked as revoked|REVOKED HOST KEY DETECTED", re.I),
+     SshFailure.HOST_KEY_REVOKED, "host key revoked"),
     (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|does not match: got|Host key for server .* does not match", re.I),
      SshFailure.HOST_KEY_CHANGED, "host key changed"),
     (re.compile(r"No \S+ host key is known for|not found in known_hosts|Host key verification failed", re.I),
@@ -102,6 +104,11 @@ def hint_for(kind: SshFailure, *, host: str, port: int, user: str, known_hosts: 
         return (
             f"the node's host key is not the one in {known_hosts}; if the node was reinstalled, remove the old key "
             f"with `ssh-keygen -R '{entry}' -f {known_hosts}` and connect again, otherwise treat it as an attack"
+        )
+    if kind is SshFailure.HOST_KEY_REVOKED:
+        return (
+            f"the key {host} presents is listed under @revoked in {known_hosts}: treat the node as compromised "
+            "or misconfigured; give it a new host key and record that one"
         )
     if kind is SshFailure.HOST_KEY_UNKNOWN:
         return (

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from ..logtext import strip_process_tags
+from ..logtext import clip, count, finite_float, strip_process_tags
 
 # (stage name, pattern). A log has reached a stage when the pattern occurs;
 # stages are ordered, and the furthest one reached is reported.
@@ -43,7 +43,8 @@ class Finding:
     line: str
 
 
-# (code, pattern, message, hint). Ordered from most to least specific.
+# (code, pattern, message, hint). Ordered from most to least specific. "X.*Y" is written
+# `^(?>.*?X).*Y` (only the first X is tried): searched as is, every X would rescan the line.
 ERROR_RULES: list[tuple[str, re.Pattern[str], str, str]] = [
     ("port-in-use", re.compile(r"Address already in use|EADDRINUSE"),
      "a port vLLM needs is already taken",
@@ -60,7 +61,7 @@ ERROR_RULES: list[tuple[str, re.Pattern[str], str, str]] = [
      "the engine cores did not start in time",
      "a headless node did not join or loading is slow: check every node's log; raise VLLM_ENGINE_READY_TIMEOUT_S for huge models"),
     ("remote-worker-died", re.compile(r"Connection closed by peer|remote worker crash|Connection reset by peer \[|"
-                                      r"Broken pipe.*gloo|RayWorkerWrapper died|ActorDiedError"),
+                                      r"^(?>.*?Broken pipe).*gloo|RayWorkerWrapper died|ActorDiedError"),
      "a worker on another node went away",
      "look at that node's log for the first error; sparkctl down stops both sides"),
     ("nccl-error", re.compile(r"NCCL error|ncclUnhandledCudaError|ncclSystemError|unhandled system error|NCCL WARN"),
@@ -91,7 +92,7 @@ ERROR_RULES: list[tuple[str, re.Pattern[str], str, str]] = [
     ("ray-placement-group", re.compile(r"Waiting for creating a placement group|Cannot provide a placement group"),
      "Ray cannot place the workers: too few GPUs have joined",
      "`sparkctl status` shows Ray's view: check that every node joined with its GPU (ray.num_gpus_per_node)"),
-    ("gated-model", re.compile(r"GatedRepoError|401 Client Error|Access to model .* is restricted"),
+    ("gated-model", re.compile(r"GatedRepoError|401 Client Error|^(?>.*?Access to model ).* is restricted"),
      "the model needs a Hugging Face token",
      "pass it with forward_env: [HF_TOKEN] in the playbook (kept out of argv and logs)"),
 ]
@@ -146,9 +147,11 @@ class LogReader:
     def feed(self, chunk: str) -> None:
         text = self._partial + chunk
         lines = text.split("\n")
-        self._partial = lines.pop()
+        # A line that has not ended yet is kept only up to the cap, so a log that
+        # never prints a newline costs the same on every feed.
+        self._partial = clip(lines.pop())
         for line in lines:
-            self._line(line.rstrip("\r"))
+            self._line(clip(line.rstrip("\r")))
 
     def close(self) -> LogReport:
         if self._partial:
@@ -167,19 +170,19 @@ class LogReader:
             match = _KV.search(line)
             if match:
                 report.kv_cache_device = match.group(1)
-                report.kv_cache_tokens = int(match.group(2).replace(",", ""))
+                report.kv_cache_tokens = count(match.group(2))
         if "Maximum concurrency" in line:
             match = _CONC.search(line)
             if match:
-                report.max_concurrency_tokens = int(match.group(1).replace(",", ""))
-                report.max_concurrency = float(match.group(2))
+                report.max_concurrency_tokens = count(match.group(1))
+                report.max_concurrency = finite_float(match.group(2))
         for pattern, attr in ((_INIT_ENGINE, "init_engine_s"), (_WEIGHTS, "weights_load_s"), (_GRAPH, "graph_capture_s")):
             match = pattern.search(line)
             if match:
-                setattr(report, attr, float(match.group(1)))
+                setattr(report, attr, finite_float(match.group(1)))
         match = _MODEL_LOAD.search(line)
         if match:
-            report.model_memory_gib = float(match.group(1))
+            report.model_memory_gib = finite_float(match.group(1))
         if report.vllm_version is None:
             match = _VERSION.search(line)
             if match:
