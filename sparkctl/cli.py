@@ -8,9 +8,7 @@ Exit codes: 0 ok; 1 failed (check, node command, readiness); 2 bad input;
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -18,7 +16,7 @@ import time
 import traceback
 from typing import Any, Callable, Sequence
 
-from sparkctl import __version__, render
+from sparkctl import __version__, jsontext, render
 from sparkctl.argtypes import fraction, non_negative_float, non_negative_int, port, positive_float, positive_int, size_factor
 from sparkctl.errors import ExitCode, InputError, SparkctlError
 from sparkctl.progress import NullReporter, Reporter, StreamReporter
@@ -30,18 +28,7 @@ Handler = Callable[[argparse.Namespace], int]
 # output helpers
 # ----------------------------------------------------------------------------
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(_finite(data), indent=2, sort_keys=False, default=str, allow_nan=False) + "\n")
-
-
-def _finite(data: Any) -> Any:
-    """NaN and infinities are not JSON: a number nobody could measure is null."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {key: _finite(value) for key, value in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite(value) for value in data]
-    return data
+    sys.stdout.write(jsontext.dumps(data) + "\n")
 
 
 def _emit(args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str]) -> None:
@@ -188,7 +175,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _watch_status(args: argparse.Namespace, inventory: Any, playbook: Any, api_key: str | None) -> int:
     """Redraw in place on a terminal; one JSON object per line with --json; Ctrl-C ends it with 0."""
-    from sparkctl.bench.result import finite
     from sparkctl.ops.watch import watch
 
     trends: dict[str, list[float | None]] = {}
@@ -197,7 +183,7 @@ def _watch_status(args: argparse.Namespace, inventory: Any, playbook: Any, api_k
         for result in watch(inventory, playbook=playbook, interval_s=args.interval, wedge_after_s=args.wedge_after,
                             canary_timeout_s=args.canary, api_key=api_key):
             if args.json:
-                sys.stdout.write(json.dumps(finite(result.to_dict()), default=str) + "\n")
+                sys.stdout.write(jsontext.dumps(result.to_dict(), indent=None) + "\n")
                 sys.stdout.flush()
                 continue
             trends.setdefault("generation", []).append(result.rates.generation_tok_s if result.rates else None)

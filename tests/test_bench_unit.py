@@ -14,7 +14,8 @@ from sparkctl.bench.client import RequestRecord, RequestShape
 from sparkctl.bench.metrics import MetricsSample, server_view
 from sparkctl.bench.options import LoadStep, Slo, build_steps, float_list, int_list, parse_percentiles, parse_slo
 from sparkctl.bench.plot import frontier
-from sparkctl.bench.result import ResultPoint, finite, load_result, result_file, slo_summary
+from sparkctl.bench.result import ResultPoint, load_result, result_file, slo_summary
+from sparkctl.jsontext import finite
 from sparkctl.bench.runner import arrival_offsets
 from sparkctl.bench.stats import percentile, step_result
 from sparkctl.errors import InputError

@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sparkctl import jsontext
 from sparkctl.bench.options import Slo
 from sparkctl.bench.stats import StepResult
 from sparkctl.errors import InputError, OperationFailed
@@ -120,24 +121,12 @@ class BenchResult:
         }
 
 
-def finite(value: Any) -> Any:
-    """JSON has no NaN or infinity: such values become null, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
 def save_result(document: dict[str, Any], path: str) -> None:
     """Write atomically, so an interrupted save never leaves half a file."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(finite(document), handle, indent=2, allow_nan=False)
-            handle.write("\n")
+            handle.write(jsontext.dumps(document) + "\n")
         os.replace(tmp, path)
     except OSError as exc:
         raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -10,7 +10,6 @@ memory: past the limit it gives up and says so.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -18,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sparkctl.agent.client import Connect, connect
-from sparkctl.bench.result import finite
+from sparkctl import jsontext
 from sparkctl.errors import InputError, SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.ops.status import Observer, StatusResult
@@ -67,7 +66,7 @@ def collect_evidence(folder: str, result: StatusResult, inventory: Inventory, ra
     where = os.path.join(folder, time.strftime("%Y%m%d-%H%M%S") + f"-{inventory.cluster}")
     os.makedirs(where, exist_ok=True)
     with open(os.path.join(where, "status.json"), "w", encoding="utf-8") as handle:
-        json.dump(finite(result.to_dict()), handle, indent=2, default=str)
+        handle.write(jsontext.dumps(result.to_dict()))
     try:
         logs = read_logs(inventory, node=None, lines=200)
     except SparkctlError as exc:
