@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -103,7 +103,7 @@ def load_bytes(raw: bytes, file: str) -> LoadedYaml:
     if len(raw) > MAX_FILE_BYTES:
         raise YamlProblems([Problem(file, None, (), "file is larger than 1 MiB")])
     if b"\x00" in raw:
-        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        line: int | None = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise YamlProblems([Problem(file, line, (), "binary file (contains a NUL byte), expected YAML text")])
     try:
         text = raw.decode("utf-8")
@@ -193,7 +193,7 @@ class _Builder:
             return self._mapping(node, path)
         if isinstance(node, SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
-        return self._scalar(node, path)
+        return self._scalar(cast(ScalarNode, node), path)  # YAML has no fourth kind of node
 
     def _scalar(self, node: ScalarNode, path: Path_) -> Any:
         try:

@@ -12,9 +12,9 @@ from typing import Any
 
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import FactsRequest, from_wire
-from sparkctl.checks import ClusterSpec, CheckReport, NetworkPlan, check_cluster, derive_plan
-from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
+from sparkctl.checks import CheckReport, ClusterSpec, NetworkPlan, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
+from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
 from sparkctl.errors import ConnectionFailed, InputError, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
@@ -22,6 +22,7 @@ from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
 from sparkctl.remote.result import NodeUnavailable
 from sparkctl.remote.session import NodeSession, fan_out
+
 
 @dataclass
 class Facts:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sparkctl.inventory import Inventory
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import ExecRequest
+from sparkctl.inventory import Inventory
 from sparkctl.remote.result import NodeUnavailable
 from sparkctl.remote.session import NodeSession
 

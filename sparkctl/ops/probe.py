@@ -23,11 +23,11 @@ from sparkctl.backends.common import ProcessSpec, tag_prefix
 from sparkctl.backends.torchrun import plan_torchrun
 from sparkctl.errors import InputError, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
-from sparkctl.netplan import HostPlan
-from sparkctl.ops.check import network_plan
 from sparkctl.lifecycle.group import run_group
 from sparkctl.lifecycle.launch import values_or_raise
 from sparkctl.lifecycle.stop import stop_all
+from sparkctl.netplan import HostPlan
+from sparkctl.ops.check import network_plan
 from sparkctl.playbook import Playbook
 from sparkctl.probes import nccl_tests_engine as engine
 from sparkctl.probes.allreduce import ProbeOptions, ProbeReport, analyse, build_job, parse_result
@@ -115,7 +115,8 @@ def _check_torch(nodes: AgentClient, pythons: dict[str, str], options: ProbeOpti
         lambda n: ExecRequest(argv=(pythons[n.name],), program="sparkctl.agent.torch_check", command_timeout_s=120),
         timeout_s=150,
     )
-    problems, found = [], {}
+    problems: list[str] = []
+    found: dict[str, dict[str, Any]] = {}
     for name, outcome in outcomes.items():
         if outcome.error is not None:
             problems.append(f"{name}: {outcome.error}")
@@ -123,10 +124,12 @@ def _check_torch(nodes: AgentClient, pythons: dict[str, str], options: ProbeOpti
         reply = outcome.result()
         lines = reply.stdout.strip().splitlines()
         try:
-            found[name] = json.loads(lines[-1]) if reply.rc == 0 and lines else None
+            info = json.loads(lines[-1]) if reply.rc == 0 and lines else None
         except ValueError:
-            found[name] = None
-        if found[name] is None:
+            info = None
+        if isinstance(info, dict):
+            found[name] = info
+        else:
             why = (reply.stderr.strip().splitlines() or ["no output"])[-1]
             problems.append(f"{name}: {pythons[name]} cannot import torch ({why})")
     if problems:

@@ -26,17 +26,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping
 
+from sparkctl.agent.client import AgentClient
+from sparkctl.agent.protocol import ProbeRequest, ReadRequest, RemoveRequest
 from sparkctl.backends.common import node_dir
 from sparkctl.backends.ray import choose_port
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
 from sparkctl.errors import InputError, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.jobs.offline_worker import UnsupportedArgs, read_prompts, translate_vllm_args
-from sparkctl.ops.check import network_plan
 from sparkctl.lifecycle.group import run_group
 from sparkctl.lifecycle.launch import values_or_raise
-from sparkctl.agent.client import AgentClient
-from sparkctl.agent.protocol import ProbeRequest, ReadRequest, RemoveRequest
+from sparkctl.ops.check import network_plan
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import NodeSession

@@ -9,10 +9,10 @@ from typing import Any
 from sparkctl.agent.client import Connect, connect
 from sparkctl.agent.protocol import RecordStatus, to_wire
 from sparkctl.backends.common import status_request
-from sparkctl.inventory import Inventory
 from sparkctl.backends.serving import backend_found
+from sparkctl.inventory import Inventory
 from sparkctl.playbook import Playbook
-from sparkctl.serve.endpoint import Endpoint
+from sparkctl.serve.endpoint import Endpoint, endpoint_url
 from sparkctl.state import StateStore
 
 
@@ -58,14 +58,12 @@ class StatusResult:
 
 
 def status(inventory: Inventory, *, playbook: Playbook | None = None, connect: Connect = connect) -> StatusResult:
-    from sparkctl.ops.up import endpoint_url  # local: up imports a lot that status does not need
-
     recorded = StateStore.for_cluster(inventory.cluster).load()
     ray: dict[str, Any] | None = None
     with connect(inventory) as nodes_api:
         outcomes = nodes_api.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
-        if any(o.value.record("ray") is not None for o in outcomes.values() if o.value is not None):
-            ray = ray_view(nodes_api, inventory)  # Ray's own view beside sparkctl's
+        statuses = {name: o.value for name, o in outcomes.items() if o.value is not None}
+        ray = backend_found(nodes_api, inventory, statuses=statuses).observe(nodes_api)  # Ray's view beside ours
     nodes: dict[str, NodeStatus] = {}
     for node in inventory.nodes:
         outcome = outcomes[node.name]

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessRecord
 from sparkctl.backends.common import ProcessSpec, status_request
-from sparkctl.backends.serving import backend_for, backend_found
+from sparkctl.backends.serving import Backend, backend_for, backend_found
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
 from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
@@ -27,7 +27,7 @@ from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
-from sparkctl.serve.endpoint import Endpoint
+from sparkctl.serve.endpoint import Endpoint, endpoint_url
 from sparkctl.serve.readiness import Readiness, wait_until_ready
 from sparkctl.state import StateStore
 
@@ -46,16 +46,6 @@ class UpResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def endpoint_url(inventory: Inventory, playbook: Playbook) -> str:
-    """Where a client on the controller reaches the head's HTTP server."""
-    host = playbook.host
-    if host in {"0.0.0.0", "::", ""}:
-        host = inventory.head.host
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{playbook.port}"
 
 
 def forwarded_secrets(playbook: Playbook, environ: Mapping[str, str]) -> dict[str, str]:
@@ -139,14 +129,14 @@ class _UpRun:
         self.store = store
         self.secrets = secrets
         self.spec = ClusterSpec.from_config(inventory, playbook)
-        self.backend = backend_for(inventory, playbook)
+        self.backend: Backend[Any] = backend_for(inventory, playbook)
         self.endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
 
     def plan(self) -> None:
         """Facts from every node, the per-host network plan, and the backend's processes."""
         self.facts = reachable_facts(self.nodes, self.spec, self.inventory)
         self.hosts = host_plans(self.spec, self.facts)
-        self.serve_plan = self.backend.plan(self.nodes, self.hosts, self.reporter)  # type: ignore[arg-type]
+        self.serve_plan = self.backend.plan(self.nodes, self.hosts, self.reporter)
 
     def already_up(self, current: dict[str, ProcessRecord]) -> UpResult:
         self.reporter.event(None, f"already serving {self.playbook.served_model_name!r} at {self.endpoint.base_url}; "
@@ -162,7 +152,7 @@ class _UpRun:
     def launch(self) -> _Launch:
         """Start the backend; if it fails it has already stopped what it started."""
         try:
-            launched = self.backend.launch(self.nodes, self.serve_plan, self.secrets, self.reporter)  # type: ignore[arg-type]
+            launched = self.backend.launch(self.nodes, self.serve_plan, self.secrets, self.reporter)
         except KeyboardInterrupt:
             self.store.clear()
             raise Interrupted("interrupted; every process this run started has been stopped") from None
