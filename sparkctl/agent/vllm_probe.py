@@ -5,6 +5,7 @@ import time (Python >= 3.8); torch, vLLM and pynvml are imported when present.
 It prints one marked JSON line (PROBE_MARKER)."""
 
 import json
+import os
 import sys
 
 
@@ -106,6 +107,8 @@ def main():
               "nvml": probe_nvml()}
     if packages.get("torch"):
         result.update(probe_torch())
+    # Where the packages came from: a cached answer holds while none of these change.
+    result["search_path"] = [p for p in sys.path if p and os.path.isdir(p)]
     sys.stdout.write("\n" + "SPARKCTL-PROBE " + json.dumps(result) + "\n")
     sys.stdout.flush()
 

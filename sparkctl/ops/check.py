@@ -36,7 +36,8 @@ class Facts:
 def gather_facts(nodes: AgentClient, spec: ClusterSpec, inventory: Inventory) -> Facts:
     def ask(node: Node) -> tuple[dict[str, Any], tuple[float, float]]:
         sent = time.time()
-        request = from_wire(FactsRequest, facts_request(spec, node.name))
+        cache_dir = f"{node.workdir.rstrip('/')}/facts-cache"
+        request = from_wire(FactsRequest, {**facts_request(spec, node.name), "cache_dir": cache_dir})
         reply = nodes.call(node, request, timeout_s=DEFAULT_PROBE_TIMEOUT_S + 60)
         return reply.facts, (sent, time.time())
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from sparkctl.agent.client import AgentClient, Connect, connect
-from sparkctl.agent.protocol import ProcessRecord
+from sparkctl.agent.protocol import ProcessRecord, StatusReply
 from sparkctl.backends.common import ProcessSpec, status_request
 from sparkctl.backends.serving import Backend, backend_for, backend_found
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
@@ -78,10 +78,11 @@ def up(
         run = _UpRun(inventory, playbook, reporter, nodes, store, secrets)
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
         run.plan()
-        current = _already_serving(run.nodes, inventory, run.serve_plan.specs, run.endpoint, playbook)
+        statuses = _statuses(run.nodes, inventory)
+        current = _already_serving(statuses, run.serve_plan.specs, run.endpoint, playbook)
         if current is not None:
             return run.already_up(current)
-        if _stop_leftovers(run.nodes, inventory, playbook, reporter):
+        if _stop_leftovers(run.nodes, inventory, playbook, reporter, statuses):
             run.plan()  # ports and memory changed
         run.preflight(ignore_checks)
         launch_started = time.monotonic()
@@ -232,14 +233,19 @@ def _preflight_checks(
         )
 
 
+def _statuses(nodes: AgentClient, inventory: Inventory) -> dict[str, StatusReply]:
+    """What this cluster runs on every node (raising when a node cannot be asked)."""
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
+    return {name: outcome.result() for name, outcome in outcomes.items()}
+
+
 def _already_serving(
-    nodes: AgentClient, inventory: Inventory, specs: tuple[ProcessSpec, ...], endpoint: Endpoint, playbook: Playbook
+    statuses: dict[str, StatusReply], specs: tuple[ProcessSpec, ...], endpoint: Endpoint, playbook: Playbook
 ) -> dict[str, ProcessRecord] | None:
     """The running processes when every node runs exactly the planned command and the endpoint answers."""
-    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
     running: dict[str, ProcessRecord] = {}
     for process in specs:
-        record = outcomes[process.node].result().record(process.role)
+        record = statuses[process.node].record(process.role)
         if record is None or not record.alive or record.plan_digest != plan_digest(process):
             return None
         running[process.node] = record
@@ -249,11 +255,10 @@ def _already_serving(
     return running if playbook.served_model_name in ids else None
 
 
-def _stop_leftovers(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> bool:
+def _stop_leftovers(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter,
+                    statuses: dict[str, StatusReply]) -> bool:
     """Converge: whatever this cluster's tag still runs (half-dead, other plan) goes
     first, stopped by the backend that started it (Ray only where Ray was started)."""
-    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
-    statuses = {name: o.result() for name, o in outcomes.items()}
     leftovers = {name: s.processes for name, s in statuses.items() if s.processes}
     if not leftovers:
         return False
