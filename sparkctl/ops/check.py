@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import AgentClient, connect
 from sparkctl.agent.protocol import FactsRequest, from_wire
 from sparkctl.checks import CheckReport, ClusterSpec, NetworkPlan, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
@@ -21,7 +21,7 @@ from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
 from sparkctl.remote.result import NodeUnavailable
-from sparkctl.remote.session import NodeSession, fan_out
+from sparkctl.remote.session import fan_out
 
 
 @dataclass
@@ -108,8 +108,7 @@ def _twins_exist(node_facts: dict[str, Any] | None) -> bool:
 
 def run_check(inventory: Inventory, playbook: Playbook | None, reporter: Reporter) -> tuple[CheckReport, Facts]:
     spec = ClusterSpec.from_config(inventory, playbook)
-    with NodeSession(inventory) as session:
-        nodes = AgentClient(inventory, session)
+    with connect(inventory) as nodes:
         reporter.event(None, f"gathering facts from {len(inventory.nodes)} node(s)")
         facts = gather_facts(nodes, spec, inventory)
         plan = derive_plan(spec, {n: f if (f or {}).get("ok") else None for n, f in facts.by_node.items()})

@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import AgentClient, connect
 from sparkctl.agent.protocol import ExecRequest, ProbeReply, ProbeRequest, ReadRequest, to_wire
 from sparkctl.backends.common import ProcessSpec, tag_prefix
 from sparkctl.backends.torchrun import plan_torchrun
@@ -34,7 +34,6 @@ from sparkctl.probes.allreduce import ProbeOptions, ProbeReport, analyse, build_
 from sparkctl.probes.allreduce_worker import summarize_config
 from sparkctl.probes.nccl_tests import human_bytes
 from sparkctl.progress import Reporter
-from sparkctl.remote.session import NodeSession
 
 PORT_CANDIDATES = tuple(range(29500, 29532))
 # Run with the probe's interpreter on every node before anything starts: a missing
@@ -52,8 +51,7 @@ def nccl_probe(
     python: the interpreter with torch on the nodes; default: the playbook's vLLM
     Python, else python3. Raises OperationFailed (a node failed, with its log),
     DeadlineExceeded, Interrupted (after stopping everything) or InputError."""
-    with NodeSession(inventory) as session:
-        nodes = AgentClient(inventory, session)
+    with connect(inventory) as nodes:
         facts = _discover(nodes, inventory, playbook, options, python)
         plans = network_plan(nodes, inventory, playbook)
         if options.engine == "nccl-tests":
