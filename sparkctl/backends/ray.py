@@ -31,10 +31,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sparkctl.backends.common import ProcessSpec, node_dir, serve_argv
 from sparkctl.backends.mp import vllm_env
 from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory, Node
+from sparkctl.lifecycle.spec import ProcessSpec, node_dir, serve_argv
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook, ray_command
 

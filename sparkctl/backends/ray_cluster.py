@@ -29,7 +29,6 @@ from sparkctl.agent.protocol import (
     to_wire,
 )
 from sparkctl.agent.ray_view import RESULT_MARKER
-from sparkctl.backends.common import ProcessSpec, status_request, tag_prefix
 from sparkctl.backends.ray import (
     ROLE,
     SERVE_ROLE,
@@ -47,6 +46,7 @@ from sparkctl.backends.ray import (
 from sparkctl.errors import DeadlineExceeded, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.lifecycle.launch import launch_specs, values_or_raise
+from sparkctl.lifecycle.spec import ProcessSpec, status_request, tag_prefix
 from sparkctl.lifecycle.stop import NodeStop, stop_all
 from sparkctl.lifecycle.watch import LogWatch
 from sparkctl.netplan import HostPlan

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparkctl.agent.client import AgentClient
-from sparkctl.backends.common import ProcessSpec, log_path
 from sparkctl.errors import DeadlineExceeded, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import launch_specs
+from sparkctl.lifecycle.spec import ProcessSpec, log_path
 from sparkctl.lifecycle.stop import stop_all
 from sparkctl.lifecycle.watch import LogWatch
 from sparkctl.progress import Reporter

@@ -14,9 +14,9 @@ from typing import TypeVar
 
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import LaunchRequest, ProcessRecord
-from sparkctl.backends.common import ProcessSpec, log_path, node_dir, record_dir, tag_prefix
 from sparkctl.errors import OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
+from sparkctl.lifecycle.spec import ProcessSpec, log_path, node_dir, record_dir, tag_prefix
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import Outcome
 

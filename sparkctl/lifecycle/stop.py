@@ -7,8 +7,8 @@ from typing import Any
 
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import StopRequest, to_wire
-from sparkctl.backends.common import record_dir, tag_prefix
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import record_dir, tag_prefix
 from sparkctl.progress import Reporter
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import LogCursor, RecordStatus
-from sparkctl.backends.common import log_path, status_request
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import log_path, status_request
 
 
 @dataclass

@@ -6,9 +6,9 @@ from typing import Any
 
 from sparkctl.agent.client import connect
 from sparkctl.agent.protocol import LogCursor
-from sparkctl.backends.common import log_path, status_request
 from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import log_path, status_request
 from sparkctl.serve.vllm_log import tail_lines
 
 

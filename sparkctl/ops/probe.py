@@ -19,12 +19,12 @@ from typing import Any
 
 from sparkctl.agent.client import AgentClient, connect
 from sparkctl.agent.protocol import ExecRequest, ProbeReply, ProbeRequest, ReadRequest, to_wire
-from sparkctl.backends.common import ProcessSpec, tag_prefix
 from sparkctl.backends.torchrun import plan_torchrun
 from sparkctl.errors import InputError, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.group import run_group
 from sparkctl.lifecycle.launch import values_or_raise
+from sparkctl.lifecycle.spec import ProcessSpec, tag_prefix
 from sparkctl.lifecycle.stop import stop_all
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import network_plan

@@ -28,7 +28,6 @@ from typing import Any, Mapping
 
 from sparkctl.agent.client import AgentClient, connect
 from sparkctl.agent.protocol import ProbeRequest, ReadRequest, RemoveRequest
-from sparkctl.backends.common import node_dir
 from sparkctl.backends.ray import choose_port
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
 from sparkctl.errors import InputError, OperationFailed
@@ -36,6 +35,7 @@ from sparkctl.inventory import Inventory
 from sparkctl.jobs.offline_worker import UnsupportedArgs, read_prompts, translate_vllm_args
 from sparkctl.lifecycle.group import GroupResult, run_group
 from sparkctl.lifecycle.launch import values_or_raise
+from sparkctl.lifecycle.spec import node_dir
 from sparkctl.ops.check import network_plan
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter

@@ -8,9 +8,9 @@ from typing import Any
 
 from sparkctl.agent.client import Connect, connect
 from sparkctl.agent.protocol import RecordStatus, to_wire
-from sparkctl.backends.common import status_request
 from sparkctl.backends.serving import backend_found
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import status_request
 from sparkctl.playbook import Playbook
 from sparkctl.serve.endpoint import Endpoint, endpoint_url
 from sparkctl.state import StateStore

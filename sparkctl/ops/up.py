@@ -16,13 +16,13 @@ from typing import Any, Mapping
 
 from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessRecord, StatusReply
-from sparkctl.backends.common import ProcessSpec, status_request
 from sparkctl.backends.serving import Backend, backend_for, backend_found
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
 from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import plan_digest
+from sparkctl.lifecycle.spec import ProcessSpec, status_request
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
 from sparkctl.playbook import Playbook, check_against_inventory

@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 from sparkctl.agent.client import AgentClient
-from sparkctl.backends.common import ProcessSpec
 from sparkctl.errors import DeadlineExceeded, OperationFailed
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import ProcessSpec
 from sparkctl.lifecycle.watch import LogWatch, WatchedLog
 from sparkctl.progress import Reporter
 from sparkctl.serve.endpoint import Endpoint
