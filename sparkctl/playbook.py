@@ -237,6 +237,7 @@ def _semantic_problems(pb: PlaybookFile, loaded: LoadedYaml) -> list[Problem]:
 
 def _resolve(pb: PlaybookFile, path: str) -> Playbook:
     base = os.path.dirname(os.path.abspath(path))
+    command: tuple[str, ...]
     if pb.vllm.python is not None:
         command = (_relative_to(base, pb.vllm.python), "-m", "vllm.entrypoints.cli.main")
     elif pb.vllm.command is not None:

@@ -36,7 +36,7 @@ class StateStore:
     folder: Path
 
     @classmethod
-    def for_cluster(cls, cluster: str) -> "StateStore":
+    def for_cluster(cls, cluster: str) -> StateStore:
         return cls(cluster, state_dir())
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -121,7 +121,7 @@ def load_bytes(raw: bytes, file: str, *, text_at: Callable[[Path_], bool] = _now
     if len(raw) > MAX_FILE_BYTES:
         raise YamlProblems([Problem(file, None, (), "file is larger than 1 MiB")])
     if b"\x00" in raw:
-        line = raw[: raw.index(b"\x00")].count(b"\n") + 1
+        line: int | None = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise YamlProblems([Problem(file, line, (), "binary file (contains a NUL byte), expected YAML text")])
     try:
         text = raw.decode("utf-8")
@@ -238,7 +238,7 @@ class _Builder:
             return self._mapping(node, path)
         if isinstance(node, SequenceNode):
             return [self.build(child, path + (i,)) for i, child in enumerate(node.value)]
-        return self._scalar(node, path)
+        return self._scalar(cast(ScalarNode, node), path)  # YAML has no fourth kind of node
 
     def _scalar(self, node: ScalarNode, path: Path_, *, key: bool = False) -> Any:
         kind = _NUMBER_KINDS.get(node.tag)

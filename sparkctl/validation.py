@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import re
-from typing import Annotated, Any, Callable, TypeVar
+from typing import Annotated, Any, Callable, Mapping, TypeVar
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError
 
@@ -136,7 +136,7 @@ def load_yaml_or_raise(path: str, text_at: "Callable[[Path_], bool]" = _no_text)
         raise input_error(path, exc.problems) from None
 
 
-def load_strict(path: str, model: type[M], *, what: str, semantic: "Callable[[M, LoadedYaml], list[Problem]]",
+def load_strict(path: str, model: type[M], *, what: str, semantic: Callable[[M, LoadedYaml], list[Problem]],
                 text_at: "Callable[[Path_], bool]" = _no_text) -> M:
     """Read a YAML file into `model`: syntax, types, unknown keys, then the
     file's own cross-key rules; every problem located, all reported at once.
@@ -168,7 +168,7 @@ def validate_model(model: type[M], loaded: LoadedYaml, *, what: str) -> tuple[M 
         return None, [_problem_from(error, model, loaded) for error in exc.errors()]
 
 
-def _problem_from(error: dict, model: type[BaseModel], loaded: LoadedYaml) -> Problem:
+def _problem_from(error: Mapping[str, Any], model: type[BaseModel], loaded: LoadedYaml) -> Problem:
     loc = _clean_loc(error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -192,7 +192,7 @@ def _clean_loc(loc: tuple) -> tuple:
     return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float"})))
 
 
-def _friendly(error: dict) -> str:
+def _friendly(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     value = error.get("input")
     ctx = error.get("ctx") or {}

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sparkctl.agent import node_agent, node_proc
-from sparkctl.agent import protocol
+from sparkctl.agent import node_agent, node_proc, protocol
 from sparkctl.agent.client import AgentError, call
 from sparkctl.inventory import Node
 from sparkctl.remote.local import LocalRunner

@@ -31,12 +31,12 @@ from sparkctl.checks import (
     derive_plan,
     facts_request,
     finding,
+    nvidia_smi,
     peers_for,
     reach_request,
     render_text,
     run_checks,
 )
-from sparkctl.checks import nvidia_smi
 from sparkctl.checks.fabric import ipv4_map, netdev_mtu
 from sparkctl.errors import OperationFailed
 from sparkctl.inventory import load_inventory

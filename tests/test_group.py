@@ -12,11 +12,11 @@ import time
 import pytest
 
 from sparkctl.agent import node_agent
+from sparkctl.agent.client import AgentClient
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
 from sparkctl.errors import OperationFailed
 from sparkctl.inventory import load_inventory
 from sparkctl.lifecycle.group import run_group
-from sparkctl.agent.client import AgentClient
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession
 from tests.conftest import REPO, local_pair_processes, network_plans

@@ -45,6 +45,7 @@ def local_facts():
 @pytest.fixture(autouse=True)
 def fast_polls(monkeypatch):
     monkeypatch.setattr(readiness, "POLL_S", 0.01)
+    monkeypatch.setattr(readiness, "NODE_POLL_S", 0.01)
     monkeypatch.setattr(ray_cluster, "POLL_S", 0.01)
 
 

@@ -522,3 +522,25 @@ def test_gather_as_shipped_by_the_agent_client(tmp_path):
     assert port1(reply, "roceP2p1s0f1")["gids"][3]["ipv4"] == "192.168.101.11"
     assert reply["ports"]["in_use"][0]["port"] == port
     assert reply["env"]["effective"]["NCCL_IB_HCA"] == "=rocep1s0f1,roceP2p1s0f1"
+
+
+def test_the_vllm_python_probe_is_cached_until_its_packages_change(tmp_path, gather, no_local_pynvml):
+    """Importing torch and vLLM costs seconds on every `up`; the answer is reused
+    while the interpreter and the directories its packages come from are unchanged."""
+    site = tmp_path / "venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    python = fake_python(tmp_path / "venv" / "bin", dict(PROBE_REPLY, search_path=[str(site)]))
+    runs = tmp_path / "runs"
+    python.write_text(python.read_text().replace("#!/bin/sh\n", f"#!/bin/sh\necho run >> {runs}\n", 1))
+    cache = str(tmp_path / "cache")
+
+    def versions():
+        return gather("spark-healthy-a", sections=["versions"], vllm_python=str(python), cache_dir=cache)["versions"]
+
+    first = versions()
+    assert versions() == first and runs.read_text().count("run") == 1  # answered from the cache
+    assert "search_path" not in first["vllm_python"]
+    (site / "torch-9.9.dist-info").mkdir()  # a package installed: the directory's mtime moves
+    assert versions() == first and runs.read_text().count("run") == 2
+    assert gather("spark-healthy-a", sections=["versions"], vllm_python=str(python))["versions"] == first
+    assert runs.read_text().count("run") == 3  # no cache_dir: always asked

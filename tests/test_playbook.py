@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from sparkctl.backends.mp import plan_mp
+from sparkctl.checks.fabric import interface_for
 from sparkctl.errors import InputError
 from sparkctl.inventory import load_inventory
-from sparkctl.checks.fabric import interface_for
 from sparkctl.lifecycle.launch import plan_digest
 from sparkctl.ops.up import endpoint_url, forwarded_secrets
 from sparkctl.playbook import check_against_inventory, load_playbook

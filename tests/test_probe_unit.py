@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sparkctl.backends.common import node_dir
 from sparkctl.backends.torchrun import plan_torchrun
 from sparkctl.errors import DeadlineExceeded, InputError, OperationFailed
 from sparkctl.inventory import load_inventory
+from sparkctl.lifecycle.spec import node_dir
 from sparkctl.probes import allreduce_worker as worker
 from sparkctl.probes import nccl_tests_engine as engine
 from sparkctl.probes.allreduce import (

@@ -15,14 +15,14 @@ import pytest
 import yaml
 
 from sparkctl.agent import node_agent
-from sparkctl.backends.common import log_path
-from sparkctl.backends.ray import temp_dir
-from sparkctl.errors import SparkctlError
-from sparkctl.inventory import load_inventory
-from sparkctl.ops.check import network_plan
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import ReadRequest
+from sparkctl.backends.ray import temp_dir
 from sparkctl.backends.ray_cluster import launch_ray_backend, prepare_ray, ray_view, start_ray_cluster, stop_ray
+from sparkctl.errors import SparkctlError
+from sparkctl.inventory import load_inventory
+from sparkctl.lifecycle.spec import log_path
+from sparkctl.ops.check import network_plan
 from sparkctl.playbook import check_against_inventory, load_playbook
 from sparkctl.progress import RecordingReporter
 from sparkctl.remote.session import NodeSession

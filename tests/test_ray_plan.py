@@ -30,10 +30,10 @@ from sparkctl.backends.ray import (
     temp_dir,
     verify_membership,
 )
+from sparkctl.backends.ray_cluster import ray_stop_allowed
 from sparkctl.errors import InputError
 from sparkctl.inventory import load_inventory
 from sparkctl.netplan import HostPlan
-from sparkctl.backends.ray_cluster import ray_stop_allowed
 from sparkctl.playbook import check_against_inventory, load_playbook, ray_command
 from tests.conftest import REPO, sparkctl
 

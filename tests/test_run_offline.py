@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from sparkctl.agent import node_agent
-from sparkctl.backends.common import log_path
 from sparkctl.errors import InputError
 from sparkctl.inventory import load_inventory
 from sparkctl.jobs.offline_worker import UnsupportedArgs, percentile, read_prompts, translate_vllm_args
+from sparkctl.lifecycle.spec import log_path
 from sparkctl.ops.run import RunOptions, RunResult, render_throughput, run_offline
 from sparkctl.playbook import load_playbook
 from sparkctl.progress import RecordingReporter

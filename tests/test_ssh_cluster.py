@@ -162,7 +162,7 @@ def test_transient_failures_are_retried_within_the_deadline(make_vcluster, tmp_p
     proxy = FlakyProxy((node.mgmt_ip, 22), drops=2)
     try:
         # known_hosts entry for the proxy's address carries node0's real key
-        key = next(l.split(None, 1)[1] for l in cluster.known_hosts.read_text().splitlines() if l.startswith(node.mgmt_ip + " "))
+        key = next(entry.split(None, 1)[1] for entry in cluster.known_hosts.read_text().splitlines() if entry.startswith(node.mgmt_ip + " "))
         known = tmp_path / "proxy_known_hosts"
         known.write_text(f"[127.0.0.1]:{proxy.port} {key}\n")
         inventory = tmp_path / "proxy.yaml"

@@ -276,7 +276,7 @@ class _FileLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(self.fd)
-                    raise VClusterError(f"timed out after {self.timeout}s waiting for lock {self.path}")
+                    raise VClusterError(f"timed out after {self.timeout}s waiting for lock {self.path}") from None
                 time.sleep(0.02)
 
     def __exit__(self, *exc):
@@ -388,13 +388,13 @@ class VirtualCluster:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def __enter__(self) -> "VirtualCluster":
+    def __enter__(self) -> VirtualCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def start(self) -> "VirtualCluster":
+    def start(self) -> VirtualCluster:
         if self._started:
             raise VClusterError(f"{self.name} already started")
         if self._stopped:

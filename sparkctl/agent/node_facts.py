@@ -71,6 +71,7 @@ Reply (every section is a dict; a section that crashed is {"error": "..."})
 """
 
 import errno
+import hashlib
 import ipaddress
 import json
 import os
@@ -544,7 +545,12 @@ def find_vllm_python(req):
 
 
 class _PythonProbe(object):
-    """Runs the vllm_probe module once in vLLM's Python (a subprocess), started early."""
+    """Runs the vllm_probe module once in vLLM's Python (a subprocess), started early.
+
+    Importing torch and vLLM takes seconds, so a successful answer is cached (in
+    req["cache_dir"]) and reused while the interpreter, the directories its
+    packages come from (any install or removal changes their mtime), the
+    environment passed, the probe itself and the boot are all unchanged."""
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -553,6 +559,7 @@ class _PythonProbe(object):
         self.path = None
         self.found_from = None
         self._started_at = None
+        self._cache = None
 
     def start(self):
         if self.proc is not None or self.result is not None:
@@ -563,6 +570,11 @@ class _PythonProbe(object):
             return
         env = dict(os.environ)
         env.update(dict((k, str(v)) for k, v in (self.ctx.req.get("env") or {}).items()))
+        if self.ctx.req.get("cache_dir"):
+            self._cache = _ProbeCache(self.ctx.req["cache_dir"], self.path, self.ctx.req.get("env") or {})
+            self.result = self._cache.load()
+            if self.result is not None:
+                return
         try:
             self.proc = subprocess.Popen([self.path, "-c", node_proc.module_source("sparkctl.agent.vllm_probe")], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
@@ -584,10 +596,63 @@ class _PythonProbe(object):
                 self.result = {"error": "%s did not answer within %ss" % (self.path, timeout)}
             else:
                 self.result = _parse_probe(_text(out), _text(err), self.proc.returncode, self.path)
+                if self._cache is not None and "error" not in self.result:
+                    self._cache.save(self.result)
         result = dict(self.result)
+        result.pop("search_path", None)
         result.setdefault("path", self.path)
         result["found_from"] = self.found_from
         return result
+
+
+class _ProbeCache(object):
+    def __init__(self, folder, interpreter, env):
+        self.folder = os.path.expanduser(folder)
+        key = json.dumps([_stat_key(interpreter), node_proc.boot_id(), sorted(env.items()),
+                          node_proc.module_source("sparkctl.agent.vllm_probe")])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        self.path = os.path.join(self.folder, "vllm-probe-%s.json" % digest)
+
+    def load(self):
+        try:
+            with open(self.path) as handle:
+                entry = json.load(handle)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("dirs") != _dir_stamps(entry.get("result", {}).get("search_path")):
+            return None
+        return entry.get("result")
+
+    def save(self, result):
+        entry = {"dirs": _dir_stamps(result.get("search_path")), "result": result}
+        try:
+            if not os.path.isdir(self.folder):
+                os.makedirs(self.folder, 0o700)
+            tmp = "%s.%d" % (self.path, os.getpid())
+            with open(tmp, "w") as handle:
+                json.dump(entry, handle)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+
+
+def _stat_key(path):
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return [real, None]
+    return [real, st.st_mtime_ns, st.st_size]
+
+
+def _dir_stamps(paths):
+    stamps = {}
+    for path in paths or []:
+        try:
+            stamps[path] = os.stat(path).st_mtime_ns
+        except OSError:
+            stamps[path] = None
+    return stamps
 
 
 def _parse_probe(out, err, rc, path):

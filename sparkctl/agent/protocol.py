@@ -510,6 +510,7 @@ class FactsRequest(Request[FactsReply]):
     vllm_python: Optional[str] = None
     vllm_command: Optional[Tuple[str, ...]] = None
     probe_timeout_s: float = 120.0
+    cache_dir: Optional[str] = None  # where the node may keep the vLLM-Python probe's answer
 
 
 @message

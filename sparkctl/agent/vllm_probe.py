@@ -4,7 +4,10 @@ and imported by the agent for NVML in its own Python. Standard library only at
 import time (Python >= 3.8); torch, vLLM and pynvml are imported when present.
 It prints one marked JSON line (PROBE_MARKER)."""
 
-import json, sys
+import json
+import os
+import sys
+
 
 def _text(value):
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
@@ -63,7 +66,8 @@ def probe_packages(names):
     except ImportError:
         try:
             import pkg_resources
-            version = lambda name: pkg_resources.get_distribution(name).version
+            def version(name):
+                return pkg_resources.get_distribution(name).version
         except ImportError:
             return dict((name, None) for name in names)
     out = {}
@@ -103,6 +107,8 @@ def main():
               "nvml": probe_nvml()}
     if packages.get("torch"):
         result.update(probe_torch())
+    # Where the packages came from: a cached answer holds while none of these change.
+    result["search_path"] = [p for p in sys.path if p and os.path.isdir(p)]
     sys.stdout.write("\n" + "SPARKCTL-PROBE " + json.dumps(result) + "\n")
     sys.stdout.flush()
 

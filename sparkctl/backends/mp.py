@@ -6,8 +6,8 @@ joins the torch.distributed rendezvous at the head's fabric address.
 
 from __future__ import annotations
 
-from sparkctl.backends.common import ProcessSpec, serve_argv
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import ProcessSpec, serve_argv
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook
 

@@ -31,10 +31,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sparkctl.backends.common import ProcessSpec, node_dir, serve_argv
 from sparkctl.backends.mp import vllm_env
 from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory, Node
+from sparkctl.lifecycle.spec import ProcessSpec, node_dir, serve_argv
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook, ray_command
 
@@ -323,49 +323,13 @@ def plan_ray(
         if len(deepest.encode()) > UNIX_SOCKET_MAX:  # pragma: no cover - guarded by the constants above
             raise InputError(f"{name}: Ray temp dir {temp} is too long for Unix sockets ({deepest})")
     ordered = [head, *inventory.workers]
-    extra = list(playbook.ray.extra_args)
-    given = {arg.split("=", 1)[0] for arg in extra}
     specs: list[ProcessSpec] = []
     for node in ordered:
-        address = plans[node.name].address
-        argv = [*command, "start"]
-        listen: tuple[int, ...] = ()
-        if node.is_head:
-            argv += ["--head", f"--port={ports.gcs}", f"--ray-client-server-port={ports.client_server}"]
-            if playbook.ray.dashboard:
-                argv += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports.dashboard}"]
-            else:
-                argv += ["--include-dashboard=false"]
-            listen = (ports.gcs, ports.client_server) + ((ports.dashboard,) if playbook.ray.dashboard else ())
-        else:
-            argv += [f"--address={gcs_address}"]
-        argv += [
-            "--block",
-            f"--node-ip-address={address}",
-            f"--num-gpus={gpus}",
-            "--resources=" + json.dumps({node_resource(node.name): 1}, separators=(",", ":")),
-            f"--temp-dir={temps[node.name]}",
-            "--disable-usage-stats",
-        ]
-        if playbook.ray.object_store_memory_mb is not None:
-            argv.append(f"--object-store-memory={playbook.ray.object_store_memory_mb * 1024 * 1024}")
-        if node.name in ports.dashboard_agent and "--dashboard-agent-listen-port" not in given:
-            argv.append(f"--dashboard-agent-listen-port={ports.dashboard_agent[node.name]}")
-            listen += (ports.dashboard_agent[node.name],)
-        if node.name in ports.worker_ranges and not given & {"--min-worker-port", "--max-worker-port", "--worker-port-list"}:
-            low, high = ports.worker_ranges[node.name]
-            argv += [f"--min-worker-port={low}", f"--max-worker-port={high}"]
-        argv += extra
-        specs.append(
-            ProcessSpec(
-                node=node.name,
-                role=ROLE,
-                argv=tuple(argv),
-                env=ray_start_env(inventory, playbook, plans[node.name], node.name),
-                forward_env=playbook.forward_env,
-                listen_ports=listen,
-            )
-        )
+        argv, listen = _ray_start_argv(playbook, node, plans[node.name].address, ports, gcs_address, gpus,
+                                       temps[node.name], command)
+        env = ray_start_env(inventory, playbook, plans[node.name], node.name)
+        specs.append(ProcessSpec(node=node.name, role=ROLE, argv=argv, env=env, forward_env=playbook.forward_env,
+                                 listen_ports=listen))
     carry = non_carry_over_vars(inventory, plans)
     root = config_root(inventory)
     serve = plan_serve(inventory, playbook, plans, gcs_address=gcs_address, config_root_path=root)
@@ -398,6 +362,41 @@ def plan_ray(
         join_timeout_s=playbook.ray.join_timeout_s,
         ports=ports,
     )
+
+
+def _ray_start_argv(playbook: Playbook, node: Node, address: str, ports: RayPorts, gcs_address: str, gpus: int,
+                    temp: str, command: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """One node's `ray start --block` argv, and the ports it will listen on."""
+    extra = list(playbook.ray.extra_args)
+    given = {arg.split("=", 1)[0] for arg in extra}
+    argv = [*command, "start"]
+    listen: tuple[int, ...] = ()
+    if node.is_head:
+        argv += ["--head", f"--port={ports.gcs}", f"--ray-client-server-port={ports.client_server}"]
+        if playbook.ray.dashboard:
+            argv += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports.dashboard}"]
+        else:
+            argv += ["--include-dashboard=false"]
+        listen = (ports.gcs, ports.client_server) + ((ports.dashboard,) if playbook.ray.dashboard else ())
+    else:
+        argv += [f"--address={gcs_address}"]
+    argv += [
+        "--block",
+        f"--node-ip-address={address}",
+        f"--num-gpus={gpus}",
+        "--resources=" + json.dumps({node_resource(node.name): 1}, separators=(",", ":")),
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    if playbook.ray.object_store_memory_mb is not None:
+        argv.append(f"--object-store-memory={playbook.ray.object_store_memory_mb * 1024 * 1024}")
+    if node.name in ports.dashboard_agent and "--dashboard-agent-listen-port" not in given:
+        argv.append(f"--dashboard-agent-listen-port={ports.dashboard_agent[node.name]}")
+        listen += (ports.dashboard_agent[node.name],)
+    if node.name in ports.worker_ranges and not given & {"--min-worker-port", "--max-worker-port", "--worker-port-list"}:
+        low, high = ports.worker_ranges[node.name]
+        argv += [f"--min-worker-port={low}", f"--max-worker-port={high}"]
+    return tuple(argv + extra), listen
 
 
 def plan_serve(

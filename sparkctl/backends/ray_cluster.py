@@ -21,7 +21,6 @@ from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import (
     ExecRequest,
     HostScanRequest,
-    LogCursor,
     ProbeRequest,
     ProcessRecord,
     RayGroupStopRequest,
@@ -30,10 +29,10 @@ from sparkctl.agent.protocol import (
     to_wire,
 )
 from sparkctl.agent.ray_view import RESULT_MARKER
-from sparkctl.backends.common import ProcessSpec, log_path, status_request, tag_prefix
 from sparkctl.backends.ray import (
     ROLE,
     SERVE_ROLE,
+    ExpectedNode,
     Membership,
     RayPlan,
     choose_ports,
@@ -46,9 +45,11 @@ from sparkctl.backends.ray import (
 )
 from sparkctl.errors import DeadlineExceeded, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
-from sparkctl.netplan import HostPlan
 from sparkctl.lifecycle.launch import launch_specs, values_or_raise
+from sparkctl.lifecycle.spec import ProcessSpec, status_request, tag_prefix
 from sparkctl.lifecycle.stop import NodeStop, stop_all
+from sparkctl.lifecycle.watch import LogWatch
+from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook, ray_command
 from sparkctl.progress import Reporter
 
@@ -147,7 +148,7 @@ def prepare_ray(nodes: AgentClient, inventory: Inventory, playbook: Playbook, pl
         lambda n: ProbeRequest(commands=(command[0],), ports=tuple(candidates.get(n.name, []))), timeout_s=60)
     replies = values_or_raise(outcomes, "could not be asked about Ray")
     problems: list[str] = []
-    busy: dict[str, list[int]] = {}
+    busy: dict[str, Iterable[int]] = {}
     hostnames: dict[str, str] = {}
     pythons: dict[str, str | None] = {}
     ours = f"{inventory.cluster}/"
@@ -202,7 +203,7 @@ def start_ray_cluster(
             hint="set ray.command to the `ray` script of the vLLM environment (its #! line names the interpreter)",
         )
     started = time.monotonic()
-    watch = _LogWatch(nodes, inventory, [s.node for s in plan.ray_specs])
+    watch = LogWatch.of(nodes, inventory, {s.node: ROLE for s in plan.ray_specs}, scope=ROLE)
     try:
         head_spec = plan.ray_specs[0]
         cluster.processes.update(_launch(nodes, inventory, [head_spec], secrets or {}, reporter, plan.files))
@@ -273,49 +274,12 @@ def _launch(
     return launch_specs(nodes, inventory, specs, reporter, secrets=secrets, files=files)
 
 
-class _LogWatch:
-    """Each node's `ray start` record and log, read incrementally."""
-
-    def __init__(self, nodes: AgentClient, inventory: Inventory, names: list[str]):
-        self.nodes = nodes
-        self.inventory = inventory
-        self.names = names
-        self.offsets = {name: 0 for name in names}
-        self.text = {name: "" for name in names}
-        self.alive: dict[str, bool | None] = {name: None for name in names}
-        self.paths = {name: log_path(inventory.node(name), inventory.cluster, ROLE) for name in names}
-
-    def poll(self, names: list[str]) -> None:
-        cluster = self.inventory.cluster
-        outcomes = self.nodes.call_all(
-            lambda n: status_request(cluster, n, ROLE, logs=(LogCursor(self.paths[n.name], self.offsets[n.name]),)),
-            nodes=[self.inventory.node(name) for name in names],
-            timeout_s=30,
-        )
-        for name, outcome in outcomes.items():
-            if outcome.error is not None:
-                raise OperationFailed(f"{name}: lost contact while Ray was starting: {outcome.error}",
-                                      hint=getattr(outcome.error, "hint", None))
-            reply = outcome.result()
-            for log in reply.logs:
-                self.text[name] = (self.text[name] + log.data)[-256 * 1024:]
-                self.offsets[name] = log.offset
-            record = reply.record(ROLE)
-            self.alive[name] = bool(record and record.alive)
-
-    def tail(self, name: str, count: int = 15) -> list[str]:
-        return [line for line in self.text[name].splitlines() if line.strip()][-count:]
-
-    def details(self, name: str) -> list[str]:
-        return [f"last lines of {name}'s Ray log ({self.paths[name]}):"] + ["  " + line[:300] for line in self.tail(name)]
-
-
 def _wait_for(
     nodes: AgentClient,
     inventory: Inventory,
     plan: RayPlan,
-    watch: _LogWatch,
-    expected: list,
+    watch: LogWatch,
+    expected: list[ExpectedNode],
     deadline: float,
     reporter: Reporter,
     *,
@@ -327,23 +291,26 @@ def _wait_for(
     last_error: str | None = None
     membership = Membership(ok=False, missing=list(names))
     while True:
-        watch.poll(names)
+        for log in watch.poll(names):
+            if log.error is not None:
+                raise OperationFailed(f"{log.node}: lost contact while Ray was starting: {log.error}",
+                                      hint=getattr(log.error, "hint", None))
         # a `ray start` that exited, or a log that says it cannot join, ends the wait
         for name in names:
             if name in membership.joined:
                 continue
-            finding = diagnose_ray_log(watch.text[name], node=name, gcs_address=plan.gcs_address,
+            finding = diagnose_ray_log(watch.logs[name].text, node=name, gcs_address=plan.gcs_address,
                                        fabric_address=next(e.address for e in plan.expected if e.name == name))
-            if watch.alive[name] is False:
+            if not watch.logs[name].alive:
                 raise OperationFailed(
                     f"{name}: `ray start` exited" + (f": {finding.message.split(': ', 1)[-1]}" if finding else ""),
-                    details=([f"{name} log: {finding.line}"] if finding else []) + watch.details(name),
+                    details=([f"{name} log: {finding.line}"] if finding else []) + watch.logs[name].details("Ray log", 15),
                     hint=finding.hint if finding else "the log above says why; `sparkctl logs` shows more",
                 )
             if finding is not None and finding.fatal:
                 raise OperationFailed(
                     f"{finding.message}; it did not join the Ray cluster",
-                    details=[f"{name} log: {finding.line}"] + watch.details(name),
+                    details=[f"{name} log: {finding.line}"] + watch.logs[name].details("Ray log", 15),
                     hint=finding.hint,
                 )
         view = ray_cluster_view(nodes, inventory.node(plan.head), plan.ray_python or "python3", plan.gcs_address,
@@ -386,17 +353,18 @@ def _short(node: dict[str, Any]) -> dict[str, Any]:
             "tags": sorted(k for k in res if k.startswith("sparkctl_node:"))}
 
 
-def _join_deadline(plan: RayPlan, watch: _LogWatch, membership: Membership, what: str, error: str | None) -> DeadlineExceeded:
+def _join_deadline(plan: RayPlan, watch: LogWatch, membership: Membership, what: str, error: str | None) -> DeadlineExceeded:
     missing = membership.missing or [e.name for e in plan.expected]
     details: list[str] = []
     hint = None
     for name in missing:
-        finding = diagnose_ray_log(watch.text.get(name, ""), node=name, gcs_address=plan.gcs_address,
+        text = watch.logs[name].text if name in watch.logs else ""
+        finding = diagnose_ray_log(text, node=name, gcs_address=plan.gcs_address,
                                    fabric_address=next((e.address for e in plan.expected if e.name == name), None))
         if finding is not None:
             details.append(f"{finding.message}: {finding.line}")
             hint = hint or finding.hint
-        details += watch.details(name) if name in watch.text else []
+        details += watch.logs[name].details("Ray log", 15) if name in watch.logs else []
     if error:
         details.append(f"Ray's API on the head: {error[:300]}")
     names = ", ".join(missing)
@@ -421,7 +389,8 @@ def ray_cluster_view(nodes: AgentClient, head: Node, python: str, address: str, 
     for line in reversed(reply.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
             try:
-                return json.loads(line[len(RESULT_MARKER):])
+                view: dict[str, Any] = json.loads(line[len(RESULT_MARKER):])
+                return view
             except ValueError:
                 break
     tail = " | ".join(reply.stderr.strip().splitlines()[-3:])
@@ -572,7 +541,8 @@ def _last_resort(nodes: AgentClient, inventory: Inventory, node: Node, command: 
     except SparkctlError as exc:
         result.refused = f"Ray processes survived SIGKILL and the host could not be scanned: {exc}"
         return
-    groups = [result.group.get("pgid")] if result.group.get("pgid") else []
+    pgid = result.group.get("pgid")
+    groups = [pgid] if isinstance(pgid, int) else []
     allowed, why = ray_stop_allowed(processes, inventory.cluster, groups)
     if not allowed or not command:
         result.refused = f"Ray processes survived SIGKILL; not running `ray stop`: {why if not allowed else 'Ray command unknown'}"

@@ -26,7 +26,6 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import ProcessRecord, StatusReply
-from sparkctl.backends.common import ProcessSpec, status_request
 from sparkctl.backends.mp import plan_mp
 from sparkctl.backends.ray import ROLE as RAY_ROLE
 from sparkctl.backends.ray import RayPlan
@@ -34,6 +33,7 @@ from sparkctl.backends.ray_cluster import RayNodeStop, launch_ray_backend, prepa
 from sparkctl.errors import SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import launch_specs
+from sparkctl.lifecycle.spec import ProcessSpec, status_request
 from sparkctl.lifecycle.stop import NodeStop, stop_all
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook

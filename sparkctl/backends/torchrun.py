@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sparkctl.backends.common import ProcessSpec
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import ProcessSpec
 from sparkctl.netplan import HostPlan
 
 BASE_ENV = {"PYTHONUNBUFFERED": "1"}

@@ -14,9 +14,9 @@ no I/O here. Typical use on the controller:
 {node: sparkctl.netplan.HostPlan}.
 """
 
+from sparkctl.checks.cluster import clock_offset
 from sparkctl.checks.findings import CATALOGUE, CheckInfo, Finding, Status, catalogue_markdown, finding, worst
 from sparkctl.checks.node import rdma_requirement
-from sparkctl.checks.cluster import clock_offset
 from sparkctl.checks.plan import PLAN_VARS, NetworkPlan, derive_plan
 from sparkctl.checks.preflight import check_cluster, infer_cpu_only, run_checks
 from sparkctl.checks.report import CheckReport, render_plan, render_text, summarize_facts

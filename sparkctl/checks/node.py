@@ -246,7 +246,7 @@ def _check_addresses(ctx: NodeContext) -> list[Finding]:
             f"give every twin a static IPv4 on its own subnet, e.g. netplan `{none[0].netdev}: addresses: "
             "[192.168.101.10/24]` (the old link-local netplan lists only enp1s0f*), then `sudo netplan apply`"))
     elif many:
-        out.append(ctx.f("net.twin-ipv4", WARN, f"{listed}: more than one IPv4 on {', '.join(t.netdev for t in many)}",
+        out.append(ctx.f("net.twin-ipv4", WARN, f"{listed}: more than one IPv4 on {', '.join(str(t.netdev) for t in many)}",
                          "keep exactly one IPv4 per twin (each address adds GIDs; NCCL uses the first it matches)"))
     else:
         out.append(ctx.f("net.twin-ipv4", PASS, listed))

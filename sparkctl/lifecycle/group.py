@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparkctl.agent.client import AgentClient
-from sparkctl.agent.protocol import LogCursor
-from sparkctl.backends.common import ProcessSpec, log_path, status_request
 from sparkctl.errors import DeadlineExceeded, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import launch_specs
+from sparkctl.lifecycle.spec import ProcessSpec, log_path
 from sparkctl.lifecycle.stop import stop_all
+from sparkctl.lifecycle.watch import LogWatch
 from sparkctl.progress import Reporter
 
 POLL_S = 0.5
@@ -98,23 +98,15 @@ def run_group(
 
 def _wait(nodes: AgentClient, inventory: Inventory, result: GroupResult, *, deadline: float, reporter: Reporter) -> None:
     role = result.role
+    watch = LogWatch.of(nodes, inventory, {name: role for name in result.nodes}, scope=role, max_chars=MAX_LOG_CHARS)
     while True:
-        outcomes = nodes.call_all(
-            lambda n: status_request(inventory.cluster, n, role,
-                                     logs=(LogCursor(result.nodes[n.name].log_path, result.nodes[n.name].log_offset),)),
-            nodes=[inventory.node(name) for name, run in result.nodes.items() if not run.ended],
-            timeout_s=30,
-        )
-        for name, outcome in outcomes.items():
-            run = result.nodes[name]
-            if outcome.error is not None:
-                run.lost = f"lost contact: {outcome.error}"
-                raise _failed(result, name, f"{name}: lost contact during the {role}: {outcome.error}")
-            reply = outcome.result()
-            for log in reply.logs:
-                run.log = (run.log + log.data)[-MAX_LOG_CHARS:]
-                run.log_offset = log.offset
-            record = reply.record(role)
+        for log in watch.poll([name for name, run in result.nodes.items() if not run.ended]):
+            name, run = log.node, result.nodes[log.node]
+            if log.error is not None:
+                run.lost = f"lost contact: {log.error}"
+                raise _failed(result, name, f"{name}: lost contact during the {role}: {log.error}")
+            run.log, run.log_offset = log.text, log.offset
+            record = log.record
             exit_info = record.exit if record is not None else None
             if exit_info is not None:
                 run.ended = True

@@ -11,11 +11,12 @@ import json
 import secrets as pysecrets
 import time
 from typing import TypeVar
-from sparkctl.backends.common import ProcessSpec, log_path, node_dir, record_dir, tag_prefix
+
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import LaunchRequest, ProcessRecord
 from sparkctl.errors import OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
+from sparkctl.lifecycle.spec import ProcessSpec, log_path, node_dir, record_dir, tag_prefix
 from sparkctl.progress import Reporter
 from sparkctl.remote.session import Outcome
 

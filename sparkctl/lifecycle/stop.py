@@ -7,18 +7,18 @@ from typing import Any
 
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import StopRequest, to_wire
-from sparkctl.backends.common import record_dir, tag_prefix
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import record_dir, tag_prefix
 from sparkctl.progress import Reporter
 
 
 @dataclass
 class NodeStop:
     node: str
-    stopped: list[dict] = field(default_factory=list)
+    stopped: list[dict[str, Any]] = field(default_factory=list)
     killed: list[int] = field(default_factory=list)
-    remaining: list[dict] = field(default_factory=list)
-    ports_in_use: list[dict] = field(default_factory=list)
+    remaining: list[dict[str, Any]] = field(default_factory=list)
+    ports_in_use: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     error: str | None = None
     error_kind: str | None = None

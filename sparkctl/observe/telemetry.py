@@ -11,7 +11,7 @@ from statistics import fmean
 
 from sparkctl.agent.client import Connect, connect
 from sparkctl.agent.protocol import TelemetryReply, TelemetryRequest
-from sparkctl.backends.common import record_dir, tag_prefix
+from sparkctl.lifecycle.spec import record_dir, tag_prefix
 from sparkctl.inventory import Inventory
 
 

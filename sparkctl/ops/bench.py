@@ -24,7 +24,7 @@ API_KEY_ENV = "VLLM_API_KEY"  # what vLLM reads for --api-key, and what playbook
 def cluster_target(inventory: Inventory, playbook: Playbook | None, environ: Mapping[str, str],
                    api_key_env: str) -> tuple[Target, ClusterInfo]:
     """The endpoint `up` started, its served name and the API key the playbook forwards."""
-    from sparkctl.ops.up import endpoint_url
+    from sparkctl.serve.endpoint import endpoint_url
 
     recorded = StateStore.for_cluster(inventory.cluster).load() or {}
     if playbook is None:

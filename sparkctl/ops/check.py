@@ -10,18 +10,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import AgentClient, connect
 from sparkctl.agent.protocol import FactsRequest, from_wire
-from sparkctl.checks import ClusterSpec, CheckReport, NetworkPlan, check_cluster, derive_plan
-from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
+from sparkctl.checks import CheckReport, ClusterSpec, NetworkPlan, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
+from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
 from sparkctl.errors import ConnectionFailed, InputError, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
 from sparkctl.remote.result import NodeUnavailable
-from sparkctl.remote.session import NodeSession, fan_out
+from sparkctl.remote.session import fan_out
+
 
 @dataclass
 class Facts:
@@ -35,7 +36,8 @@ class Facts:
 def gather_facts(nodes: AgentClient, spec: ClusterSpec, inventory: Inventory) -> Facts:
     def ask(node: Node) -> tuple[dict[str, Any], tuple[float, float]]:
         sent = time.time()
-        request = from_wire(FactsRequest, facts_request(spec, node.name))
+        cache_dir = f"{node.workdir.rstrip('/')}/facts-cache"
+        request = from_wire(FactsRequest, {**facts_request(spec, node.name), "cache_dir": cache_dir})
         reply = nodes.call(node, request, timeout_s=DEFAULT_PROBE_TIMEOUT_S + 60)
         return reply.facts, (sent, time.time())
 
@@ -106,8 +108,7 @@ def _twins_exist(node_facts: dict[str, Any] | None) -> bool:
 
 def run_check(inventory: Inventory, playbook: Playbook | None, reporter: Reporter) -> tuple[CheckReport, Facts]:
     spec = ClusterSpec.from_config(inventory, playbook)
-    with NodeSession(inventory) as session:
-        nodes = AgentClient(inventory, session)
+    with connect(inventory) as nodes:
         reporter.event(None, f"gathering facts from {len(inventory.nodes)} node(s)")
         facts = gather_facts(nodes, spec, inventory)
         plan = derive_plan(spec, {n: f if (f or {}).get("ok") else None for n, f in facts.by_node.items()})

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparkctl.inventory import Inventory
 from sparkctl.agent.client import Connect, connect
 from sparkctl.backends.serving import backend_found
+from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.stop import NodeStop
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sparkctl.inventory import Inventory
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import connect
 from sparkctl.agent.protocol import ExecRequest
+from sparkctl.inventory import Inventory
 from sparkctl.remote.result import NodeUnavailable
-from sparkctl.remote.session import NodeSession
 
 
 @dataclass
@@ -28,8 +27,8 @@ class NodeExec:
 
 
 def exec_all(inventory: Inventory, argv: list[str], *, timeout_s: float) -> list[NodeExec]:
-    with NodeSession(inventory) as session:
-        outcomes = AgentClient(inventory, session).call_all(
+    with connect(inventory) as nodes:
+        outcomes = nodes.call_all(
             lambda n: ExecRequest(argv=tuple(argv), env=inventory.node_env(n), command_timeout_s=timeout_s),
             timeout_s=timeout_s + 30,
         )

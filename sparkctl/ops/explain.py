@@ -96,7 +96,7 @@ def _running_log(inventory: Inventory) -> tuple[str | None, str | None]:
 
 def _live_metrics(inventory: Inventory, playbook: Playbook) -> MetricsSample | None:
     """The endpoint's /metrics right now (None when it does not answer)."""
-    from sparkctl.ops.up import endpoint_url
+    from sparkctl.serve.endpoint import endpoint_url
     from sparkctl.serve.endpoint import Endpoint
 
     reply = Endpoint(endpoint_url(inventory, playbook), timeout_s=3.0).request("GET", "/metrics")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import connect
 from sparkctl.agent.protocol import LogCursor
-from sparkctl.backends.common import log_path, status_request
 from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory
-from sparkctl.remote.session import NodeSession
+from sparkctl.lifecycle.spec import log_path, status_request
 from sparkctl.serve.vllm_log import tail_lines
 
 
@@ -20,8 +19,8 @@ def read_logs(inventory: Inventory, *, node: str | None, lines: int, role: str =
             targets = [inventory.node(node)]
         except KeyError:
             raise InputError(f"no node {node!r} in {inventory.path}", hint=f"nodes: {', '.join(n.name for n in inventory.nodes)}") from None
-    with NodeSession(inventory) as session:
-        outcomes = AgentClient(inventory, session).call_all(
+    with connect(inventory) as nodes:
+        outcomes = nodes.call_all(
             lambda n: status_request(inventory.cluster, n, logs=(LogCursor(log_path(n, inventory.cluster, role), None),)),
             nodes=targets,
             timeout_s=30,

@@ -17,17 +17,17 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from sparkctl.agent.client import AgentClient
+from sparkctl.agent.client import AgentClient, connect
 from sparkctl.agent.protocol import ExecRequest, ProbeReply, ProbeRequest, ReadRequest, to_wire
-from sparkctl.backends.common import ProcessSpec, tag_prefix
 from sparkctl.backends.torchrun import plan_torchrun
 from sparkctl.errors import InputError, Interrupted, OperationFailed
 from sparkctl.inventory import Inventory
-from sparkctl.netplan import HostPlan
-from sparkctl.ops.check import network_plan
 from sparkctl.lifecycle.group import run_group
 from sparkctl.lifecycle.launch import values_or_raise
+from sparkctl.lifecycle.spec import ProcessSpec, tag_prefix
 from sparkctl.lifecycle.stop import stop_all
+from sparkctl.netplan import HostPlan
+from sparkctl.ops.check import network_plan
 from sparkctl.perf.store import save_probe
 from sparkctl.playbook import Playbook
 from sparkctl.probes import nccl_tests_engine as engine
@@ -35,7 +35,6 @@ from sparkctl.probes.allreduce import ProbeOptions, ProbeReport, analyse, build_
 from sparkctl.probes.allreduce_worker import summarize_config
 from sparkctl.probes.nccl_tests import human_bytes
 from sparkctl.progress import Reporter
-from sparkctl.remote.session import NodeSession
 
 PORT_CANDIDATES = tuple(range(29500, 29532))
 # Run with the probe's interpreter on every node before anything starts: a missing
@@ -53,8 +52,7 @@ def nccl_probe(
     python: the interpreter with torch on the nodes; default: the playbook's vLLM
     Python, else python3. Raises OperationFailed (a node failed, with its log),
     DeadlineExceeded, Interrupted (after stopping everything) or InputError."""
-    with NodeSession(inventory) as session:
-        nodes = AgentClient(inventory, session)
+    with connect(inventory) as nodes:
         facts = _discover(nodes, inventory, playbook, options, python)
         plans = network_plan(nodes, inventory, playbook)
         if options.engine == "nccl-tests":
@@ -120,7 +118,8 @@ def _check_torch(nodes: AgentClient, pythons: dict[str, str], options: ProbeOpti
         lambda n: ExecRequest(argv=(pythons[n.name],), program="sparkctl.agent.torch_check", command_timeout_s=120),
         timeout_s=150,
     )
-    problems, found = [], {}
+    problems: list[str] = []
+    found: dict[str, dict[str, Any]] = {}
     for name, outcome in outcomes.items():
         if outcome.error is not None:
             problems.append(f"{name}: {outcome.error}")
@@ -128,10 +127,12 @@ def _check_torch(nodes: AgentClient, pythons: dict[str, str], options: ProbeOpti
         reply = outcome.result()
         lines = reply.stdout.strip().splitlines()
         try:
-            found[name] = json.loads(lines[-1]) if reply.rc == 0 and lines else None
+            info = json.loads(lines[-1]) if reply.rc == 0 and lines else None
         except ValueError:
-            found[name] = None
-        if found[name] is None:
+            info = None
+        if isinstance(info, dict):
+            found[name] = info
+        else:
             why = (reply.stderr.strip().splitlines() or ["no output"])[-1]
             problems.append(f"{name}: {pythons[name]} cannot import torch ({why})")
     if problems:

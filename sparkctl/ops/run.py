@@ -26,20 +26,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Mapping
 
-from sparkctl.backends.common import node_dir
+from sparkctl.agent.client import AgentClient, connect
+from sparkctl.agent.protocol import ProbeRequest, ReadRequest, RemoveRequest
 from sparkctl.backends.ray import choose_port
 from sparkctl.backends.torchrun import TorchrunJob, plan_torchrun
 from sparkctl.errors import InputError, OperationFailed
 from sparkctl.inventory import Inventory
 from sparkctl.jobs.offline_worker import UnsupportedArgs, read_prompts, translate_vllm_args
-from sparkctl.ops.check import network_plan
-from sparkctl.lifecycle.group import run_group
+from sparkctl.lifecycle.group import GroupResult, run_group
 from sparkctl.lifecycle.launch import values_or_raise
-from sparkctl.agent.client import AgentClient
-from sparkctl.agent.protocol import ProbeRequest, ReadRequest, RemoveRequest
+from sparkctl.lifecycle.spec import node_dir
+from sparkctl.ops.check import network_plan
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
-from sparkctl.remote.session import NodeSession
 
 JOBS = ("generate", "throughput")
 ROLE = "job"
@@ -128,32 +127,10 @@ def run_offline(
     secrets = forwarded_secrets(playbook, os.environ if environ is None else environ)
     input_text = _read_input(options) if job == "generate" else None
     head = inventory.head
-    with NodeSession(inventory) as session:
-        nodes = AgentClient(inventory, session)
+    with connect(inventory) as nodes:
         python, port = _probe(nodes, inventory, playbook, options, reporter)
         plans = network_plan(nodes, inventory, playbook)  # the same per-host plan as `up` (NCCL_IB_HCA included)
-        config: dict[str, Any] = {
-            "mode": job,
-            "model": playbook.model,
-            "tensor_parallel_size": playbook.tensor_parallel_size,
-            "pipeline_parallel_size": playbook.pipeline_parallel_size,
-            "vllm_args": list(playbook.vllm_args),
-            "seed": options.seed,
-            "max_tokens": options.max_tokens,
-            "result": f"{JOB_DIR}/result.json",
-        }
-        if job == "generate":
-            assert input_text is not None
-            config.update(input=f"{JOB_DIR}/input.txt", input_sha256=hashlib.sha256(input_text.encode()).hexdigest())
-        else:
-            config.update(batch_sizes=list(options.batch_sizes), prompt_tokens=options.prompt_tokens, repeats=options.repeats)
-        worker = resources.files("sparkctl.jobs").joinpath("offline_worker.py").read_text(encoding="utf-8")
-        files = {}
-        for node in inventory.nodes:
-            folder = f"{node_dir(node, inventory.cluster)}/{JOB_DIR}"
-            files[node.name] = {f"{folder}/offline_worker.py": worker, f"{folder}/config.json": json.dumps(config, indent=1)}
-            if input_text is not None:
-                files[node.name][f"{folder}/input.txt"] = input_text
+        files = _job_files(inventory, playbook, job, options, input_text)
         spec = TorchrunJob(
             role=ROLE,
             python=python,
@@ -176,7 +153,40 @@ def run_offline(
     if not reply.exists:
         raise OperationFailed(f"{head.name}: the job ended without writing its result ({reply.error})",
                               details=[f"{n}: exit {r['returncode']}" for n, r in group.to_dict()["nodes"].items()])
-    data = json.loads(reply.data)
+    return _result(job, inventory, playbook, options, json.loads(reply.data), group, port,
+                   f"{plans[head.name].master_addr}:{port}", reporter)
+
+
+def _job_files(inventory: Inventory, playbook: Playbook, job: str, options: RunOptions,
+               input_text: str | None) -> dict[str, dict[str, str]]:
+    """What every node's job folder holds: the worker, its config and (generate) the prompts."""
+    config: dict[str, Any] = {
+        "mode": job,
+        "model": playbook.model,
+        "tensor_parallel_size": playbook.tensor_parallel_size,
+        "pipeline_parallel_size": playbook.pipeline_parallel_size,
+        "vllm_args": list(playbook.vllm_args),
+        "seed": options.seed,
+        "max_tokens": options.max_tokens,
+        "result": f"{JOB_DIR}/result.json",
+    }
+    if input_text is not None:
+        config.update(input=f"{JOB_DIR}/input.txt", input_sha256=hashlib.sha256(input_text.encode()).hexdigest())
+    else:
+        config.update(batch_sizes=list(options.batch_sizes), prompt_tokens=options.prompt_tokens, repeats=options.repeats)
+    worker = resources.files("sparkctl.jobs").joinpath("offline_worker.py").read_text(encoding="utf-8")
+    files = {}
+    for node in inventory.nodes:
+        folder = f"{node_dir(node, inventory.cluster)}/{JOB_DIR}"
+        files[node.name] = {f"{folder}/offline_worker.py": worker, f"{folder}/config.json": json.dumps(config, indent=1)}
+        if input_text is not None:
+            files[node.name][f"{folder}/input.txt"] = input_text
+    return files
+
+
+def _result(job: str, inventory: Inventory, playbook: Playbook, options: RunOptions, data: dict[str, Any],
+            group: GroupResult, port: int, rendezvous: str, reporter: Reporter) -> RunResult:
+    """The run's result from the head's result.json (generate: outputs written to a file)."""
     result = RunResult(
         job=job,
         cluster=inventory.cluster,
@@ -187,7 +197,7 @@ def run_offline(
         elapsed_s=round(group.elapsed_s, 2),
         startup_s=round(data["startup_s"], 2) if data.get("startup_s") is not None else None,
         master_port=port,
-        rendezvous=f"{plans[head.name].master_addr}:{port}",
+        rendezvous=rendezvous,
         group=group.to_dict(),
     )
     if job == "generate":

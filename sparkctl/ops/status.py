@@ -17,13 +17,13 @@ from typing import Any
 
 from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessInfo, RecordStatus, TelemetryReply, TelemetryRequest, to_wire
-from sparkctl.backends.common import record_dir, tag_prefix
 from sparkctl.backends.serving import backend_found
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import record_dir, tag_prefix
 from sparkctl.observe.endpoint import EndpointSample, Rates, canary, rates, sample_endpoint
 from sparkctl.observe.verdict import GpuView, Observation, ProcessView, Progress, Reason, Verdict, judge, process_state
 from sparkctl.playbook import Playbook
-from sparkctl.serve.endpoint import Endpoint
+from sparkctl.serve.endpoint import Endpoint, endpoint_url
 from sparkctl.state import StateStore
 
 
@@ -130,8 +130,6 @@ class Observer:
 
     def __init__(self, inventory: Inventory, nodes: AgentClient, *, playbook: Playbook | None = None,
                  wedge_after_s: float = 30.0, gpus: bool = True, api_key: str | None = None):
-        from sparkctl.ops.up import endpoint_url  # local: up imports a lot that status does not need
-
         self.inventory, self.nodes, self.wedge_after_s, self.gpus = inventory, nodes, wedge_after_s, gpus
         self.recorded = StateStore.for_cluster(inventory.cluster).load()
         url = (self.recorded or {}).get("endpoint") or (endpoint_url(inventory, playbook) if playbook else None)

@@ -15,19 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from sparkctl.agent.client import AgentClient, Connect, connect
-from sparkctl.agent.protocol import ProcessRecord
-from sparkctl.backends.common import ProcessSpec, status_request
-from sparkctl.backends.serving import backend_for, backend_found
+from sparkctl.agent.protocol import ProcessRecord, StatusReply
+from sparkctl.backends.serving import Backend, backend_for, backend_found
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
 from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import plan_digest
+from sparkctl.lifecycle.spec import ProcessSpec, status_request
 from sparkctl.netplan import HostPlan
 from sparkctl.ops.check import Facts, host_plans, probe_reach, reachable_facts, refusals
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
-from sparkctl.serve.endpoint import Endpoint
+from sparkctl.serve.endpoint import Endpoint, endpoint_url
 from sparkctl.serve.readiness import Readiness, wait_until_ready
 from sparkctl.state import StateStore
 
@@ -46,16 +46,6 @@ class UpResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def endpoint_url(inventory: Inventory, playbook: Playbook) -> str:
-    """Where a client on the controller reaches the head's HTTP server."""
-    host = playbook.host
-    if host in {"0.0.0.0", "::", ""}:
-        host = inventory.head.host
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{playbook.port}"
 
 
 def forwarded_secrets(playbook: Playbook, environ: Mapping[str, str]) -> dict[str, str]:
@@ -88,10 +78,11 @@ def up(
         run = _UpRun(inventory, playbook, reporter, nodes, store, secrets)
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
         run.plan()
-        current = _already_serving(run.nodes, inventory, run.serve_plan.specs, run.endpoint, playbook)
+        statuses = _statuses(run.nodes, inventory)
+        current = _already_serving(statuses, run.serve_plan.specs, run.endpoint, playbook)
         if current is not None:
             return run.already_up(current)
-        if _stop_leftovers(run.nodes, inventory, playbook, reporter):
+        if _stop_leftovers(run.nodes, inventory, playbook, reporter, statuses):
             run.plan()  # ports and memory changed
         run.preflight(ignore_checks)
         launch_started = time.monotonic()
@@ -139,14 +130,14 @@ class _UpRun:
         self.store = store
         self.secrets = secrets
         self.spec = ClusterSpec.from_config(inventory, playbook)
-        self.backend = backend_for(inventory, playbook)
+        self.backend: Backend[Any] = backend_for(inventory, playbook)
         self.endpoint = Endpoint(endpoint_url(inventory, playbook), api_key=secrets.get("VLLM_API_KEY"))
 
     def plan(self) -> None:
         """Facts from every node, the per-host network plan, and the backend's processes."""
         self.facts = reachable_facts(self.nodes, self.spec, self.inventory)
         self.hosts = host_plans(self.spec, self.facts)
-        self.serve_plan = self.backend.plan(self.nodes, self.hosts, self.reporter)  # type: ignore[arg-type]
+        self.serve_plan = self.backend.plan(self.nodes, self.hosts, self.reporter)
 
     def already_up(self, current: dict[str, ProcessRecord]) -> UpResult:
         self.reporter.event(None, f"already serving {self.playbook.served_model_name!r} at {self.endpoint.base_url}; "
@@ -162,7 +153,7 @@ class _UpRun:
     def launch(self) -> _Launch:
         """Start the backend; if it fails it has already stopped what it started."""
         try:
-            launched = self.backend.launch(self.nodes, self.serve_plan, self.secrets, self.reporter)  # type: ignore[arg-type]
+            launched = self.backend.launch(self.nodes, self.serve_plan, self.secrets, self.reporter)
         except KeyboardInterrupt:
             self.store.clear()
             raise Interrupted("interrupted; every process this run started has been stopped") from None
@@ -242,14 +233,19 @@ def _preflight_checks(
         )
 
 
+def _statuses(nodes: AgentClient, inventory: Inventory) -> dict[str, StatusReply]:
+    """What this cluster runs on every node (raising when a node cannot be asked)."""
+    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
+    return {name: outcome.result() for name, outcome in outcomes.items()}
+
+
 def _already_serving(
-    nodes: AgentClient, inventory: Inventory, specs: tuple[ProcessSpec, ...], endpoint: Endpoint, playbook: Playbook
+    statuses: dict[str, StatusReply], specs: tuple[ProcessSpec, ...], endpoint: Endpoint, playbook: Playbook
 ) -> dict[str, ProcessRecord] | None:
     """The running processes when every node runs exactly the planned command and the endpoint answers."""
-    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
     running: dict[str, ProcessRecord] = {}
     for process in specs:
-        record = outcomes[process.node].result().record(process.role)
+        record = statuses[process.node].record(process.role)
         if record is None or not record.alive or record.plan_digest != plan_digest(process):
             return None
         running[process.node] = record
@@ -259,11 +255,10 @@ def _already_serving(
     return running if playbook.served_model_name in ids else None
 
 
-def _stop_leftovers(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter) -> bool:
+def _stop_leftovers(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter,
+                    statuses: dict[str, StatusReply]) -> bool:
     """Converge: whatever this cluster's tag still runs (half-dead, other plan) goes
     first, stopped by the backend that started it (Ray only where Ray was started)."""
-    outcomes = nodes.call_all(lambda n: status_request(inventory.cluster, n), timeout_s=30)
-    statuses = {name: o.result() for name, o in outcomes.items()}
     leftovers = {name: s.processes for name, s in statuses.items() if s.processes}
     if not leftovers:
         return False

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from sparkctl.backends.common import node_dir
 from sparkctl.backends.torchrun import TorchrunJob
 from sparkctl.errors import InputError, OperationFailed
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import node_dir
 from sparkctl.probes.nccl_log import parse_nccl_log
 from sparkctl.probes.nccl_tests import DEGRADED_FRACTION, VERDICT_MIN_BYTES, human_bytes
 

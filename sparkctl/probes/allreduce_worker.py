@@ -135,7 +135,7 @@ def model_summary(path: str) -> dict[str, Any]:
 
 def summarize_config(config: dict[str, Any]) -> dict[str, Any]:
     """Layers, hidden size, dtype, model type and MoE hints of a config.json object."""
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    text = config["text_config"] if isinstance(config.get("text_config"), dict) else {}
     merged = {**config, **text}  # multimodal configs keep the language model under text_config
     out: dict[str, Any] = {}
     for key in ("model_type", "num_hidden_layers", "hidden_size", "torch_dtype", "dtype", "architectures"):

@@ -436,7 +436,7 @@ def parse_nccl_log_lines(read: Callable[[], Iterable[str]]) -> NcclLogReport:
 
     r.ranks.sort()
     r.nccl_version = r.nccl_versions[0] if r.nccl_versions else None
-    r.net_plugin = (net_names or init_names or [None])[0]
+    r.net_plugin = next(iter(net_names or init_names), None)
     r.gdr = True if True in gdr_seen else (False if gdr_seen else None)
     # Built last so each QP can be named from every "Using [i]name" line, wherever it was.
     r.qps = [_queue_pair(host, m, line, dev_names) for host, m, line in qp_seen.values()]

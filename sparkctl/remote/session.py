@@ -51,7 +51,7 @@ class NodeSession:
             runner.close()
         self._runners.clear()
 
-    def __enter__(self) -> "NodeSession":
+    def __enter__(self) -> NodeSession:
         # Create the runners up front so that threads never race to create one.
         for node in self.inventory.nodes:
             self.runner(node)

@@ -5,11 +5,15 @@ forwards one, goes in a header and nowhere else."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sparkctl.inventory import Inventory
+    from sparkctl.playbook import Playbook
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Endpoint:
                 return HttpReply(response.status, response.read(), None, time.monotonic() - started)
         except urllib.error.HTTPError as exc:
             return HttpReply(exc.code, exc.read() or b"", f"HTTP {exc.code}", time.monotonic() - started)
-        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
+        except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             return HttpReply(None, b"", str(reason), time.monotonic() - started)
 
@@ -71,3 +75,13 @@ class Endpoint:
             "temperature": 0,
         }
         return self.request("POST", "/v1/chat/completions", payload, timeout_s=timeout_s)
+
+
+def endpoint_url(inventory: Inventory, playbook: Playbook) -> str:
+    """Where a client on the controller reaches the head's HTTP server."""
+    host = playbook.host
+    if host in {"0.0.0.0", "::", ""}:
+        host = inventory.head.host
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{playbook.port}"

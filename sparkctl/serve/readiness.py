@@ -14,27 +14,34 @@ import time
 from dataclasses import dataclass, field
 
 from sparkctl.agent.client import AgentClient
-from sparkctl.agent.protocol import LogCursor
-from sparkctl.backends.common import ProcessSpec, log_path, status_request
 from sparkctl.errors import DeadlineExceeded, OperationFailed
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import ProcessSpec
+from sparkctl.lifecycle.watch import LogWatch, WatchedLog
 from sparkctl.progress import Reporter
 from sparkctl.serve.endpoint import Endpoint
 from sparkctl.serve.vllm_log import LogReader, LogReport
 
-POLL_S = 1.0
+POLL_S = 0.1  # the endpoint: a refused connection costs nothing, and every poll saved is start-up time
+NODE_POLL_S = 1.0  # the nodes' logs and processes: an agent call per node
 HEARTBEAT_S = 30.0
 
 
 @dataclass
 class NodeWatch:
-    node: str
-    role: str
-    path: str
-    offset: int = 0
+    """One node's server log as readiness reads it: the stages and findings so far, and the tail."""
+
+    log: WatchedLog
     reader: LogReader = field(default_factory=LogReader)
     tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=400))
-    alive: bool = True
+
+    @property
+    def node(self) -> str:
+        return self.log.node
+
+    @property
+    def path(self) -> str:
+        return self.log.path
 
     def feed(self, data: str) -> None:
         self.reader.feed(data)
@@ -82,84 +89,89 @@ def wait_until_ready(
     reporter: Reporter,
     started_at: float,
 ) -> Readiness:
-    cluster = inventory.cluster
-    state = Readiness()
-    for spec in specs:
-        node = inventory.node(spec.node)
-        state.watches[spec.node] = NodeWatch(spec.node, spec.role, log_path(node, cluster, spec.role))
-    stages: dict[str, str | None] = {name: None for name in state.watches}
-    last_news = time.monotonic()
-    head = inventory.head.name
-
-    def poll_nodes() -> None:
-        """Read each node's new log lines and check its process is alive; report stage changes."""
-        nonlocal last_news
-        outcomes = nodes.call_all(
-            lambda n: status_request(cluster, n, logs=(LogCursor(state.watches[n.name].path, state.watches[n.name].offset),)),
-            nodes=[inventory.node(name) for name in state.watches],
-            timeout_s=30,
-        )
-        for name, outcome in outcomes.items():
-            watch = state.watches[name]
-            if outcome.error is not None:
-                raise NotReady(f"{name}: lost contact while vLLM was starting: {outcome.error}", node=name, watch=watch)
-            reply = outcome.result()
-            for log in reply.logs:
-                watch.feed(log.data)
-                watch.offset = log.offset
-            record = reply.record(watch.role)
-            if record is None or not record.alive:
-                watch.alive = False
-                raise NotReady(f"{name}: vLLM exited during start-up", node=name, watch=watch)
-            stage = watch.report.stage
-            if stage != stages[name]:
-                stages[name] = stage
-                last_news = time.monotonic()
-                reporter.event(name, f"stage: {stage}")
-
+    wait = _Wait(nodes, inventory, specs, endpoint, served_model_name, reporter)
+    next_node_poll = 0.0
     while True:
-        poll_nodes()
-        if state.health_at is None:
-            reply = endpoint.health()
-            if reply.status == 200:
-                state.health_at = time.monotonic()
-                reporter.event(head, "/health 200")
-                last_news = time.monotonic()
-        if state.health_at is not None:
-            models_reply, ids = endpoint.model_ids()
-            if served_model_name in ids:
-                completion = endpoint.complete(served_model_name, timeout_s=max(5.0, deadline - time.monotonic()))
-                if completion.status == 200:
-                    state.completion_s = completion.elapsed_s
-                    state.ready_at = time.monotonic()
-                    # The server may have logged its last stages after this round's log read;
-                    # read once more so progress and the report show every stage reached.
-                    poll_nodes()
-                    reporter.event(head, f"/v1/models lists {served_model_name!r}; completion ok ({completion.elapsed_s:.2f}s)")
-                    return state
-                if completion.status is not None and completion.status >= 400:
-                    body = completion.body.decode("utf-8", "replace")[:300]
-                    raise NotReady(
-                        f"{head}: the first completion failed with HTTP {completion.status}: {body}",
-                        node=head,
-                        watch=state.watches.get(head),
-                    )
-            elif models_reply.status == 200:
-                raise NotReady(
-                    f"{head}: /v1/models lists {ids}, not {served_model_name!r}",
-                    node=head,
-                    watch=state.watches.get(head),
-                    hint="another server answers on this port, or served_model_name differs",
-                )
+        if time.monotonic() >= next_node_poll:
+            wait.poll_nodes()
+            next_node_poll = time.monotonic() + NODE_POLL_S
+        if wait.poll_endpoint(deadline):
+            # The server may have logged its last stages after this round's log read;
+            # read once more so progress and the report show every stage reached.
+            wait.poll_nodes()
+            return wait.state
         now = time.monotonic()
         if now > deadline:
-            waiting = ", ".join(f"{n}: {s or 'no log output'}" for n, s in stages.items())
-            raise _deadline(started_at, now, waiting, state.watches.get(head))
-        if now - last_news > HEARTBEAT_S:
-            waiting = ", ".join(f"{n}={s or 'starting'}" for n, s in stages.items())
-            reporter.event(None, f"still waiting ({waiting})")
-            last_news = now
+            waiting = ", ".join(f"{n}: {s or 'no log output'}" for n, s in wait.stages.items())
+            raise _deadline(started_at, now, waiting, wait.state.watches.get(wait.head))
+        wait.heartbeat(now)
         time.sleep(POLL_S)
+
+
+class _Wait:
+    """The state of one wait: each node's log and stage, and the endpoint's progress."""
+
+    def __init__(self, nodes: AgentClient, inventory: Inventory, specs: list[ProcessSpec], endpoint: Endpoint,
+                 served_model_name: str, reporter: Reporter):
+        self.watch = LogWatch.of(nodes, inventory, {spec.node: spec.role for spec in specs}, scope=None)
+        self.state = Readiness(watches={name: NodeWatch(log) for name, log in self.watch.logs.items()})
+        self.stages: dict[str, str | None] = {name: None for name in self.state.watches}
+        self.endpoint = endpoint
+        self.served_model_name = served_model_name
+        self.reporter = reporter
+        self.head = inventory.head.name
+        self.last_news = time.monotonic()
+
+    def poll_nodes(self) -> None:
+        """Read each node's new log lines and check its process is alive; report stage changes."""
+        for log in self.watch.poll():
+            watch = self.state.watches[log.node]
+            if log.error is not None:
+                raise NotReady(f"{log.node}: lost contact while vLLM was starting: {log.error}", node=log.node,
+                               watch=watch)
+            watch.feed(log.new)
+            if not log.alive:
+                raise NotReady(f"{log.node}: vLLM exited during start-up", node=log.node, watch=watch)
+            stage = watch.report.stage
+            if stage != self.stages[log.node]:
+                self.stages[log.node] = stage
+                self.last_news = time.monotonic()
+                self.reporter.event(log.node, f"stage: {stage}")
+
+    def poll_endpoint(self, deadline: float) -> bool:
+        """True once /health, /v1/models and one completion all succeeded."""
+        state, head = self.state, self.head
+        if state.health_at is None:
+            if self.endpoint.health().status != 200:
+                return False
+            state.health_at = time.monotonic()
+            self.reporter.event(head, "/health 200")
+            self.last_news = time.monotonic()
+        models_reply, ids = self.endpoint.model_ids()
+        if self.served_model_name not in ids:
+            if models_reply.status == 200:
+                raise NotReady(f"{head}: /v1/models lists {ids}, not {self.served_model_name!r}", node=head,
+                               watch=state.watches.get(head),
+                               hint="another server answers on this port, or served_model_name differs")
+            return False
+        completion = self.endpoint.complete(self.served_model_name, timeout_s=max(5.0, deadline - time.monotonic()))
+        if completion.status == 200:
+            state.completion_s = completion.elapsed_s
+            state.ready_at = time.monotonic()
+            self.reporter.event(head, f"/v1/models lists {self.served_model_name!r}; "
+                                      f"completion ok ({completion.elapsed_s:.2f}s)")
+            return True
+        if completion.status is not None and completion.status >= 400:
+            body = completion.body.decode("utf-8", "replace")[:300]
+            raise NotReady(f"{head}: the first completion failed with HTTP {completion.status}: {body}",
+                           node=head, watch=state.watches.get(head))
+        return False
+
+    def heartbeat(self, now: float) -> None:
+        if now - self.last_news > HEARTBEAT_S:
+            waiting = ", ".join(f"{n}={s or 'starting'}" for n, s in self.stages.items())
+            self.reporter.event(None, f"still waiting ({waiting})")
+            self.last_news = now
 
 
 def _deadline(started_at: float, now: float, waiting: str, watch: NodeWatch | None) -> DeadlineExceeded:
@@ -168,5 +180,5 @@ def _deadline(started_at: float, now: float, waiting: str, watch: NodeWatch | No
         hint="raise ready_timeout_s in the playbook for large models, or read the node logs (sparkctl logs)",
     )
     if watch is not None:
-        error.details = [f"last lines of {watch.node}'s log ({watch.path}):"] + ["  " + l[:300] for l in list(watch.tail)[-20:]]
+        error.details = [f"last lines of {watch.node}'s log ({watch.path}):"] + ["  " + line[:300] for line in list(watch.tail)[-20:]]
     return error

@@ -1,4 +1,5 @@
-"""What a backend plans for one node, and where a node keeps sparkctl's files."""
+"""What a backend plans for one node (ProcessSpec), where a node keeps sparkctl's files, and the
+tag and status request that find them again."""
 
 from __future__ import annotations
 
