@@ -48,7 +48,7 @@ def main() -> int:
             mine.append(cpu(resource.RUSAGE_SELF) - self0)
             agents.append((cpu(resource.RUSAGE_CHILDREN) - kids0) / len(inventory.nodes))
     print(f"{args.samples} samples of {inventory.cluster} ({len(inventory.nodes)} nodes, state {result.state}):")
-    print(f"| per sample | median | max |\n|---|---|---|")
+    print("| per sample | median | max |\n|---|---|---|")
     for name, values in (("wall time", walls), ("controller CPU", mine), ("one node's agent CPU", agents)):
         print(f"| {name} | {statistics.median(values) * 1000:.0f} ms | {max(values) * 1000:.0f} ms |")
     return 0

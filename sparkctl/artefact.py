@@ -45,7 +45,7 @@ class Artefact:
         self._handle.seek(size - 1)
         return self._handle.read(1) not in (b"\n", b"\r")
 
-    def __enter__(self) -> "Artefact":
+    def __enter__(self) -> Artefact:
         return self
 
     def __exit__(self, *exc: object) -> None:

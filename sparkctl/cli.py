@@ -17,7 +17,15 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from sparkctl import __version__, jsontext, render
-from sparkctl.argtypes import fraction, non_negative_float, non_negative_int, port, positive_float, positive_int, size_factor
+from sparkctl.argtypes import (
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    port,
+    positive_float,
+    positive_int,
+    size_factor,
+)
 from sparkctl.errors import ExitCode, InputError, SparkctlError
 from sparkctl.progress import NullReporter, Reporter, StreamReporter
 

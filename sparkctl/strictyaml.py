@@ -37,7 +37,7 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-_COLLECTION_TAGS = {MappingNode: "tag:yaml.org,2002:map", SequenceNode: "tag:yaml.org,2002:seq"}
+_COLLECTION_TAGS: dict[type[Node], str] = {MappingNode: "tag:yaml.org,2002:map", SequenceNode: "tag:yaml.org,2002:seq"}
 _NUMBER_KINDS = {_INT_TAG: "whole number", _FLOAT_TAG: "number", _TIMESTAMP_TAG: "date"}
 
 
@@ -133,9 +133,11 @@ def load_bytes(raw: bytes, file: str, *, text_at: Callable[[Path_], bool] = _now
     try:
         loader = _DepthLimitedLoader(text, file)
         try:
-            nodes = []
+            nodes: list[Node] = []
             while loader.check_node():
-                nodes.append(loader.get_node())
+                node = loader.get_node()
+                if node is not None:  # check_node() said there is one
+                    nodes.append(node)
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as exc:

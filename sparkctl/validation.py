@@ -129,7 +129,7 @@ def _no_text(loc: Path_) -> bool:
     return False
 
 
-def load_yaml_or_raise(path: str, text_at: "Callable[[Path_], bool]" = _no_text) -> LoadedYaml:
+def load_yaml_or_raise(path: str, text_at: Callable[[Path_], bool] = _no_text) -> LoadedYaml:
     try:
         return load_file(path, text_at=text_at)
     except YamlProblems as exc:
@@ -137,7 +137,7 @@ def load_yaml_or_raise(path: str, text_at: "Callable[[Path_], bool]" = _no_text)
 
 
 def load_strict(path: str, model: type[M], *, what: str, semantic: Callable[[M, LoadedYaml], list[Problem]],
-                text_at: "Callable[[Path_], bool]" = _no_text) -> M:
+                text_at: Callable[[Path_], bool] = _no_text) -> M:
     """Read a YAML file into `model`: syntax, types, unknown keys, then the
     file's own cross-key rules; every problem located, all reported at once.
     `text_at(key path)`: where a plain scalar keeps its text (environment values)."""

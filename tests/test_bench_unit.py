@@ -15,10 +15,10 @@ from sparkctl.bench.metrics import MetricsSample, server_view
 from sparkctl.bench.options import LoadStep, Slo, build_steps, float_list, int_list, parse_percentiles, parse_slo
 from sparkctl.bench.plot import frontier
 from sparkctl.bench.result import ResultPoint, load_result, result_file, slo_summary
-from sparkctl.jsontext import finite
 from sparkctl.bench.runner import arrival_offsets
 from sparkctl.bench.stats import percentile, step_result
 from sparkctl.errors import InputError
+from sparkctl.jsontext import finite
 
 STEP = LoadStep(input_len=32, output_len=5, concurrency=2)
 

@@ -155,9 +155,9 @@ def test_doctor_vllm_log_reports_performance_findings(tmp_path):
 
 
 def test_running_cluster_log_and_metrics_are_used(monkeypatch):
+    from sparkctl.bench.metrics import MetricsSample
     from sparkctl.inventory import load_inventory
     from sparkctl.ops import explain as op
-    from sparkctl.bench.metrics import MetricsSample
     from sparkctl.playbook import load_playbook
 
     log = "INFO non-default args: {'model': '/m', 'enforce_eager': True, 'max_num_seqs': 2}\nKV cache size: 50,000 tokens\n"

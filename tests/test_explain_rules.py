@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from sparkctl.perf.bench import read_bench
 from sparkctl.perf.hardware import hardware
@@ -13,8 +13,18 @@ from sparkctl.perf.model_config import load_config, parse_model
 from sparkctl.perf.predict import Scenario, predict
 from sparkctl.perf.quant import plan_for
 from sparkctl.perf.rules import (
-    ServingConfig, apply_all, config_from_args, config_from_log, enforce_eager, gpu_memory_utilization, kv_underused,
-    log_findings, max_num_seqs, nccl_transport, tp_latency_bound, tp_vs_replicas,
+    ServingConfig,
+    apply_all,
+    config_from_args,
+    config_from_log,
+    enforce_eager,
+    gpu_memory_utilization,
+    kv_underused,
+    log_findings,
+    max_num_seqs,
+    nccl_transport,
+    tp_latency_bound,
+    tp_vs_replicas,
 )
 from sparkctl.perf.store import ProbeRecord
 

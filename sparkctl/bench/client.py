@@ -16,7 +16,6 @@ Definitions (vLLM's names):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -153,7 +152,7 @@ async def send(session: aiohttp.ClientSession, shape: RequestShape, prompt: Prom
                 if usage:
                     record.output_tokens = usage.get("completion_tokens")
                     record.server_prompt_tokens = usage.get("prompt_tokens")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         record.error_kind, record.error = "timeout", f"no complete answer within {timeout_s:g}s"
         return record
     except (aiohttp.ClientError, OSError) as exc:

@@ -129,7 +129,7 @@ async def choose_tokenizer(local: str | None, server: ServerTokenizer) -> Tokeni
     try:
         await server.encode("hello world")
         return server
-    except (LookupError, aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, LookupError, aiohttp.ClientError, ValueError):
         return WordTokenizer()
 
 

@@ -81,7 +81,7 @@ async def check_endpoint(session: aiohttp.ClientSession, target: Target, headers
     url = target.base_url.rstrip("/")
     try:
         status, data = await _get_json(session, url + "/v1/models", headers)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise OperationFailed(f"{url}: no answer within {CHECK_TIMEOUT_S:g}s (GET /v1/models)",
                               hint="is the server up and reachable from here? (`sparkctl status`)") from None
     except (aiohttp.ClientError, OSError) as exc:
@@ -111,7 +111,7 @@ async def check_endpoint(session: aiohttp.ClientSession, target: Target, headers
         status, data = await _get_json(session, url + "/version", headers)
         if status == 200 and isinstance(data, dict):
             version = str(data.get("version"))
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError):
         pass
     return EndpointInfo(model, models, version, max_len if isinstance(max_len, int) else None)
 
@@ -153,7 +153,7 @@ class MetricsReader:
                     return None
                 text = await r.text()
             return parse_metrics(text, at=time.perf_counter())
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             self.failures += 1
             return None
 

@@ -44,7 +44,7 @@ class Distribution:
     percentiles: tuple[tuple[float, float | None], ...]
 
     @classmethod
-    def of(cls, seconds: list[float], percentiles: tuple[float, ...]) -> "Distribution":
+    def of(cls, seconds: list[float], percentiles: tuple[float, ...]) -> Distribution:
         if not seconds:
             return cls(None, None, None, tuple((p, None) for p in percentiles))
         ms = [s * 1000.0 for s in seconds]

@@ -11,8 +11,8 @@ from statistics import fmean
 
 from sparkctl.agent.client import Connect, connect
 from sparkctl.agent.protocol import TelemetryReply, TelemetryRequest
-from sparkctl.lifecycle.spec import record_dir, tag_prefix
 from sparkctl.inventory import Inventory
+from sparkctl.lifecycle.spec import record_dir, tag_prefix
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class TelemetrySampler:
                         self.errors += 1
                 self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "TelemetrySampler":
+    def __enter__(self) -> TelemetrySampler:
         self._thread.start()
         return self
 

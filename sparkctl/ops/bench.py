@@ -57,7 +57,7 @@ def cluster_target(inventory: Inventory, playbook: Playbook | None, environ: Map
 def bench(target: Target, options: BenchOptions, progress: Progress, cluster: ClusterInfo | None = None,
           inventory: Inventory | None = None) -> BenchResult:
     """Run the steps and assemble the result document (also when interrupted)."""
-    date = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    date = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     if inventory is None:
         run = run_bench(target, options, progress)
     else:

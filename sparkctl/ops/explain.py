@@ -10,17 +10,17 @@ import os
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sparkctl.bench.metrics import MetricsSample, parse_metrics
 from sparkctl.errors import InputError, SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.perf import store
-from sparkctl.perf.bench import read_bench
+from sparkctl.perf.bench import BenchStep, read_bench
 from sparkctl.perf.calibration import fit_overhead
 from sparkctl.perf.hardware import hardware
-from sparkctl.bench.metrics import MetricsSample, parse_metrics
 from sparkctl.perf.model_config import ConfigError, load_config, parse_model
 from sparkctl.perf.predict import ACTIVATION_BYTES, Scenario, predict
 from sparkctl.perf.quant import kv_bytes, plan_for
-from sparkctl.perf.report import compare, to_dict
+from sparkctl.perf.report import StepComparison, compare, to_dict
 from sparkctl.perf.rules import ServingConfig, apply_all, config_from_args, config_from_log
 from sparkctl.playbook import Playbook
 
@@ -96,8 +96,7 @@ def _running_log(inventory: Inventory) -> tuple[str | None, str | None]:
 
 def _live_metrics(inventory: Inventory, playbook: Playbook) -> MetricsSample | None:
     """The endpoint's /metrics right now (None when it does not answer)."""
-    from sparkctl.serve.endpoint import endpoint_url
-    from sparkctl.serve.endpoint import Endpoint
+    from sparkctl.serve.endpoint import Endpoint, endpoint_url
 
     reply = Endpoint(endpoint_url(inventory, playbook), timeout_s=3.0).request("GET", "/metrics")
     if reply.status != 200:
@@ -193,8 +192,8 @@ def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
         calibration = dict(fit.to_dict(), saved_to=str(path))
 
     prediction = predict(scenario)
-    comparisons = ()
-    bench_steps = ()
+    comparisons: tuple[StepComparison, ...] = ()
+    bench_steps: tuple[BenchStep, ...] = ()
     if options.bench:
         result = read_bench(options.bench)
         comparisons = compare(prediction, result)

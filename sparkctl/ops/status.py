@@ -175,13 +175,15 @@ class Observer:
         statuses = {n: ns.telemetry.status for n, ns in nodes.items() if ns.telemetry is not None}
         ray = backend_found(self.nodes, self.inventory, statuses=statuses).observe(self.nodes)
         anything = any(ns.records or ns.processes for ns in nodes.values())
-        first = sample_endpoint(self.endpoint) if self.endpoint and anything else None
-        window, frozen = (None, None)
-        if first is not None:
+        endpoint = self.endpoint
+        first = sample_endpoint(endpoint) if endpoint is not None and anything else None
+        window: Rates | None = None
+        frozen: float | None = None
+        if endpoint is not None and first is not None:
             window, frozen = self._frozen_for(first)
             if second_look_s > 0 and first.health == 200 and first.metrics is not None:
                 time.sleep(second_look_s)
-                second = sample_endpoint(self.endpoint)
+                second = sample_endpoint(endpoint)
                 window, _ = self._frozen_for(second)
                 frozen = None  # one look, not a history: the verdict says how long it looked
                 first = second

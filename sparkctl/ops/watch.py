@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from sparkctl.agent.client import Connect, connect
 from sparkctl import jsontext
+from sparkctl.agent.client import Connect, connect
 from sparkctl.errors import InputError, SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.ops.status import Observer, StatusResult

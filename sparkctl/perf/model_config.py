@@ -117,7 +117,7 @@ class _Keys:
     def _name(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
-    def int(self, key: str, *alternatives: str) -> int:
+    def integer(self, key: str, *alternatives: str) -> int:
         for name in (key, *alternatives):
             value = self.data.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -198,10 +198,10 @@ def _layer_types(text: Mapping[str, Any], layers: int) -> list[str]:
 
 def _gqa(keys: _Keys, text: Mapping[str, Any], model_type: str, tied: bool, dtype: Any,
          quant: Any, notes: list[str]) -> ModelShape:
-    layers = keys.int("num_hidden_layers")
-    hidden = keys.int("hidden_size")
-    vocab = keys.int("vocab_size")
-    heads = keys.int("num_attention_heads")
+    layers = keys.integer("num_hidden_layers")
+    hidden = keys.integer("hidden_size")
+    vocab = keys.integer("vocab_size")
+    heads = keys.integer("num_attention_heads")
     kv_heads = keys.opt_int("num_key_value_heads") or heads
     head_dim = keys.opt_int("head_dim") or hidden // heads
     global_head_dim = keys.opt_int("global_head_dim") or head_dim
@@ -247,8 +247,8 @@ def _gqa(keys: _Keys, text: Mapping[str, Any], model_type: str, tied: bool, dtyp
 def _linear_attention(keys: _Keys, text: Mapping[str, Any], hidden: int) -> tuple[int, KvLayer]:
     """A gated delta-net layer (Qwen3-Next, Qwen3.5/3.6): q, k, v, gate and output
     projections, and a recurrent state of value heads x key dim x value dim."""
-    k_heads, k_dim = keys.int("linear_num_key_heads"), keys.int("linear_key_head_dim")
-    v_heads, v_dim = keys.int("linear_num_value_heads"), keys.int("linear_value_head_dim")
+    k_heads, k_dim = keys.integer("linear_num_key_heads"), keys.integer("linear_key_head_dim")
+    v_heads, v_dim = keys.integer("linear_num_value_heads"), keys.integer("linear_value_head_dim")
     params = hidden * (2 * k_heads * k_dim + v_heads * v_dim) + hidden * v_heads * v_dim + v_heads * v_dim * hidden
     params += hidden * 2 * v_heads  # the per-head decay and beta projections
     state_elem = 4 if "32" in str(text.get("mamba_ssm_dtype", "float32")) else 2
@@ -260,10 +260,10 @@ def _moe_and_dense(keys: _Keys, text: Mapping[str, Any], model_type: str, layers
     """Expert shape and the dense MLP parameters (gated MLPs: 3 matrices)."""
     experts = keys.opt_int("num_local_experts", "num_experts", "n_routed_experts")
     if experts is None or experts <= 1:
-        return None, layers * 3 * hidden * keys.int("intermediate_size")
-    top_k = keys.int("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
+        return None, layers * 3 * hidden * keys.integer("intermediate_size")
+    top_k = keys.integer("num_experts_per_tok", "experts_per_token", "top_k_experts", "moe_topk")
     # Mixtral, gpt-oss, MiniMax and Llama 4 name the per-expert width intermediate_size.
-    expert_width = keys.opt_int("moe_intermediate_size") or keys.int("intermediate_size")
+    expert_width = keys.opt_int("moe_intermediate_size") or keys.integer("intermediate_size")
     step = keys.opt_int("decoder_sparse_step", "interleave_moe_layer_step") or 1
     dense_only = text.get("mlp_only_layers") or []
     first_dense = keys.opt_int("first_k_dense_replace") or 0
@@ -272,7 +272,7 @@ def _moe_and_dense(keys: _Keys, text: Mapping[str, Any], model_type: str, layers
     dense = 0
     dense_layers = layers - moe_layers
     if dense_layers:
-        width = keys.opt_int("intermediate_size_mlp") or keys.int("intermediate_size")
+        width = keys.opt_int("intermediate_size_mlp") or keys.integer("intermediate_size")
         dense += dense_layers * 3 * hidden * width
     shared = keys.opt_int("shared_expert_intermediate_size", "moe_shared_expert_intermediate_size")
     n_shared = keys.opt_int("n_shared_experts")
@@ -283,7 +283,7 @@ def _moe_and_dense(keys: _Keys, text: Mapping[str, Any], model_type: str, layers
     elif model_type.startswith("llama4"):
         dense += moe_layers * 3 * hidden * expert_width  # one shared expert per MoE layer
     if text.get("enable_moe_block") and keys.opt_int("intermediate_size"):
-        dense += moe_layers * 3 * hidden * keys.int("intermediate_size")  # Gemma 4: a dense MLP beside the experts
+        dense += moe_layers * 3 * hidden * keys.integer("intermediate_size")  # Gemma 4: a dense MLP beside the experts
     return MoeShape(experts, top_k, 3 * hidden * expert_width, moe_layers), dense
 
 
@@ -291,14 +291,14 @@ def _mla(keys: _Keys, text: Mapping[str, Any], model_type: str, tied: bool, dtyp
          quant: Any, notes: list[str]) -> ModelShape:
     """DeepSeek-V2/V3 multi-head latent attention: the cache holds the compressed
     latent plus the rotary key part, the same on every TP rank."""
-    layers = keys.int("num_hidden_layers")
-    hidden = keys.int("hidden_size")
-    vocab = keys.int("vocab_size")
-    heads = keys.int("num_attention_heads")
-    kv_rank = keys.int("kv_lora_rank")
-    rope = keys.int("qk_rope_head_dim")
-    nope = keys.int("qk_nope_head_dim")
-    v_dim = keys.int("v_head_dim")
+    layers = keys.integer("num_hidden_layers")
+    hidden = keys.integer("hidden_size")
+    vocab = keys.integer("vocab_size")
+    heads = keys.integer("num_attention_heads")
+    kv_rank = keys.integer("kv_lora_rank")
+    rope = keys.integer("qk_rope_head_dim")
+    nope = keys.integer("qk_nope_head_dim")
+    v_dim = keys.integer("v_head_dim")
     q_rank = keys.opt_int("q_lora_rank")
     q = (hidden * q_rank + q_rank * heads * (nope + rope)) if q_rank else hidden * heads * (nope + rope)
     per_layer = q + hidden * (kv_rank + rope) + kv_rank * heads * (nope + v_dim) + heads * v_dim * hidden

@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sparkctl.perf.bench import BenchStep
 from sparkctl.bench.metrics import MetricsSample
+from sparkctl.perf.bench import BenchStep
 from sparkctl.perf.predict import Prediction, Scenario, decode_step, memory_fit, predict
 from sparkctl.perf.store import ProbeRecord
 
