@@ -563,3 +563,4 @@ def test_render_text(node):
     assert "hint:" not in "\n".join(line for line in lines if " PASS " in line)
     problems_only = render_text(report, show_pass=False, show_plan=False)
     assert " PASS " not in problems_only and "NETWORK PLAN" not in problems_only
+

@@ -544,3 +544,17 @@ def test_the_vllm_python_probe_is_cached_until_its_packages_change(tmp_path, gat
     assert versions() == first and runs.read_text().count("run") == 2
     assert gather("spark-healthy-a", sections=["versions"], vllm_python=str(python))["versions"] == first
     assert runs.read_text().count("run") == 3  # no cache_dir: always asked
+
+
+def test_an_implausible_shard_total_is_a_finding_not_a_list_of_billions(tmp_path, gather):
+    """#13 defect 4: one file name made every node's agent build a list of 10^11 'missing' shards."""
+    import time as _time
+
+    model = tmp_path / "model"
+    write_model(model, {"model-00001-of-99999999999.safetensors": 10, "w-001-of-900.safetensors": 10})
+    started = _time.process_time()
+    m = gather("spark-healthy-a", sections=["model"], model_path=str(model))["model"]
+    assert _time.process_time() - started < 2
+    assert m["shard_series_implausible"] == ["model-*-of-99999999999.safetensors"]
+    assert m["shards_missing_count"] == 899 and len(m["shards_missing"]) == 100  # counted in full, listed capped
+    assert m["shards_missing"][0] == "w-002-of-900.safetensors"

@@ -62,7 +62,8 @@ Reply (every section is a dict; a section that crashed is {"error": "..."})
     model:    path, exists, is_dir, config {present, valid, error, model_type, architectures,
               torch_dtype, quantization}, weights [{name, bytes}], total_bytes,
               index {file, valid, error, referenced, missing, empty} | None,
-              shards_missing, empty_files, broken_links, incomplete_markers
+              shards_missing (first 100), shards_missing_count, shard_series_implausible,
+              empty_files, broken_links, incomplete_markers
     ports:    requested, in_use [{port, pid, tag, cmdline}], free
     reach:    ping (path | None), error, results [{...peer keys, small {ok, rc, error, tail},
               jumbo {ok, rc, error, tail, size}}]
@@ -975,7 +976,8 @@ def read_model(ctx):
         return {"path": None}
     path = os.path.abspath(os.path.expanduser(path))
     out = {"path": path, "exists": os.path.exists(path), "is_dir": os.path.isdir(path), "config": None,
-           "weights": [], "total_bytes": 0, "index": None, "shards_missing": [], "empty_files": [],
+           "weights": [], "total_bytes": 0, "index": None, "shards_missing": [], "shards_missing_count": 0,
+           "shard_series_implausible": [], "empty_files": [],
            "broken_links": [], "incomplete_markers": []}
     if not out["is_dir"]:
         return out
@@ -1005,7 +1007,7 @@ def read_model(ctx):
         if index_name in names:
             out["index"] = _weight_index(os.path.join(path, index_name), index_name, present, out["weights"])
             break
-    out["shards_missing"] = _missing_shards(present)
+    out["shards_missing"], out["shards_missing_count"], out["shard_series_implausible"] = _missing_shards(present)
     out["incomplete_markers"] += _hub_cache_incomplete(ctx, path)
     return out
 
@@ -1050,21 +1052,32 @@ def _weight_index(path, name, present, weights):
     return info
 
 
+MAX_SHARDS = 100000  # the largest checkpoints have a few thousand files
+MAX_LISTED = 100
+
+
 def _missing_shards(present):
-    """Shards absent from an 'x-00001-of-00004.safetensors' series."""
+    """Shards absent from 'x-00001-of-00004.safetensors' series: (the first
+    MAX_LISTED missing names, how many are missing, series whose total is
+    implausible). A total past MAX_SHARDS is named, never enumerated: one odd
+    file name must not make the agent build a list of billions."""
     series = {}
     for name in present:
-        match = re.match(r"^(.*)-(\d+)-of-(\d+)(\.[A-Za-z0-9.]+)$", name)
+        match = re.match(r"^([^/]{1,512})-(\d{1,12})-of-(\d{1,12})(\.[A-Za-z0-9.]{1,32})$", name)
         if match:
             key = (match.group(1), match.group(3), match.group(4))
             series.setdefault(key, set()).add(int(match.group(2)))
-    missing = []
+    missing, count, implausible = [], 0, []
     for (prefix, total, suffix), have in sorted(series.items()):
+        if int(total) > MAX_SHARDS:
+            implausible.append("%s-*-of-%s%s" % (prefix, total, suffix))
+            continue
         width = len(total)
-        for number in range(1, int(total) + 1):
-            if number not in have:
-                missing.append("%s-%s-of-%s%s" % (prefix, str(number).zfill(width), total, suffix))
-    return missing
+        absent = [n for n in range(1, int(total) + 1) if n not in have]
+        count += len(absent)
+        for number in absent[:max(0, MAX_LISTED - len(missing))]:
+            missing.append("%s-%s-of-%s%s" % (prefix, str(number).zfill(width), total, suffix))
+    return missing, count, implausible
 
 
 def _hub_cache_incomplete(ctx, path):

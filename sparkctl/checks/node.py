@@ -510,7 +510,10 @@ def check_model(ctx: NodeContext) -> list[Finding]:
         if key == "shards_missing" and index and index.get("valid"):
             continue  # the index is the authority when there is one
         if items:
-            problems.append(f"{len(items)} {label}: {', '.join(items[:4])}")
+            count = int(model.get("shards_missing_count") or len(items)) if key == "shards_missing" else len(items)
+            problems.append(f"{count} {label}: {', '.join(items[:4])}")
+    for series in model.get("shard_series_implausible") or []:
+        problems.append(f"a weight file claims an implausible shard count ({series}): a stray or corrupt file name")
     total = int(model.get("total_bytes") or 0)
     summary = f"config.json ({kind}), {len(weights)} weight file(s), {gib(total)}"
     if index and index.get("valid"):
