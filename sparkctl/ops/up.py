@@ -160,6 +160,9 @@ class _UpRun:
         except SparkctlError:
             self.store.clear()  # an earlier start's record no longer describes the nodes
             raise
+        except Exception:  # noqa: BLE001 - a bug between launch steps: stop what may have started
+            self._stop()
+            raise
         self._save(self._result("started", launched.processes))
         self.launched = _Launch(launched.processes, launched.watch, time.monotonic())
         return self.launched
@@ -177,7 +180,7 @@ class _UpRun:
             self.reporter.event(None, "interrupted: stopping what this run started")
             self._stop()
             raise Interrupted("interrupted; every process this run started has been stopped") from None
-        except SparkctlError:
+        except Exception:  # noqa: BLE001 - sparkctl's errors and its bugs alike: nothing is left running
             self.reporter.event(None, "start-up failed: stopping what this run started")
             self._stop()
             raise
