@@ -68,3 +68,28 @@ def test_the_tail_is_kept_exactly():
 def test_short_output_and_stdin_are_unchanged():
     result = LocalRunner("n").run(["cat"], stdin=b"x" * (1 << 20), timeout_s=30)
     assert result.stdout == b"x" * (1 << 20) and not result.truncated and result.returncode == 0
+
+
+def _agent_exec_peak() -> tuple[int, int, bool]:
+    """In a child process: the agent's exec of 300 MiB of output; its peak memory growth (MiB)."""
+    import resource
+
+    from sparkctl.agent import node_agent, protocol
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reply = node_agent.op_exec(protocol.ExecRequest(argv=("head", "-c", str(300 << 20), "/dev/zero"),
+                                                    command_timeout_s=120))
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024
+    return grown, len(reply.stdout), reply.rc == 0
+
+
+@pytest.mark.timeout(200)
+def test_the_agents_exec_keeps_a_rolling_tail_too():
+    """#13 defect 3, node side: the agent buffered a command's whole output (communicate())."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        grown_mib, kept, ok = pool.apply(_agent_exec_peak)
+    assert ok and MAX_OUTPUT_BYTES <= kept < MAX_OUTPUT_BYTES + 100
+    # the reply's text and its JSON cost a few times the cap; 300 MiB buffered cost 600+
+    assert grown_mib < 4 * MAX_OUTPUT_BYTES // MIB, f"peak memory grew by {grown_mib} MiB"

@@ -32,6 +32,7 @@ RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
 NODE_MODULES = {
     "sparkctl.agent.protocol": "protocol.py",
     "sparkctl.agent.node_proc": "node_proc.py",
+    "sparkctl.agent.node_output": "node_output.py",
     "sparkctl.agent.node_facts": "node_facts.py",
     "sparkctl.agent.vllm_probe": "vllm_probe.py",
     "sparkctl.agent.node_ray": "node_ray.py",
@@ -41,7 +42,7 @@ NODE_MODULES = {
     "sparkctl.agent.node_telemetry": "node_telemetry.py",
     "sparkctl.agent.node_agent": "node_agent.py",
 }
-BASE_MODULES = ("sparkctl.agent.protocol", "sparkctl.agent.node_proc")
+BASE_MODULES = ("sparkctl.agent.protocol", "sparkctl.agent.node_proc", "sparkctl.agent.node_output")
 AGENT_MODULE = "sparkctl.agent.node_agent"
 # Operations that need more than the base modules (the launch waiter runs in a
 # process of its own, from the source the agent was sent).

@@ -23,6 +23,7 @@ import sys
 import time
 
 from sparkctl.agent import protocol
+from sparkctl.agent.node_output import OutputTail, pump
 from sparkctl.agent.node_proc import (
     TAG_VAR,
     all_pids,
@@ -420,16 +421,17 @@ def op_exec(req):
     except OSError as exc:
         code = 127 if exc.errno == errno.ENOENT else 126
         return protocol.ExecReply(rc=code, stdout="", stderr="%s: %s\n" % (req.argv[0], exc.strerror), duration_s=0.0)
-    timed_out = False
-    try:
-        out, err = proc.communicate(timeout=req.command_timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        timed_out = True
+    # rolling tails while reading: endless output costs the node about the cap, not all of it
+    out, err = OutputTail(), OutputTail()
+    deadline = time.monotonic() + (req.command_timeout_s if req.command_timeout_s else 10 ** 9)
+    with proc:
+        timed_out = not pump(proc, b"", out, err, deadline)
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     return protocol.ExecReply(
-        rc=124 if timed_out else proc.returncode, stdout=out.decode("utf-8", "replace"),
-        stderr=err.decode("utf-8", "replace"), duration_s=round(time.time() - started, 3), timed_out=timed_out,
+        rc=124 if timed_out else proc.returncode, stdout=out.value().decode("utf-8", "replace"),
+        stderr=err.value().decode("utf-8", "replace"), duration_s=round(time.time() - started, 3), timed_out=timed_out,
     )
 
 
