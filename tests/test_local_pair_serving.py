@@ -150,7 +150,7 @@ def _until_serving(env: dict, limit_s: float = 120.0) -> dict:
 
 
 def test_status_serving_with_telemetry_and_the_servers_metrics(serving_pair):
-    _load(requests=2, tokens=200)
+    _load(requests=2, tokens=480)
     code, st = _status(serving_pair)
     assert code == 0 and st["state"] == "serving" and st["reasons"] == []
     assert st["metrics"]["running"] >= 1 and st["metrics"]["generation_tok_s"] > 0
