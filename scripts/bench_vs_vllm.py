@@ -40,8 +40,12 @@ class Row:
         return self.sparkctl / self.vllm if self.vllm else float("nan")
 
 
+def _pin(args: argparse.Namespace) -> list[str]:
+    return ["taskset", "-c", args.client_cpu] if args.client_cpu else []
+
+
 def run_sparkctl(args: argparse.Namespace, concurrency: int, out: Path) -> dict:
-    argv = [sys.executable, "-m", "sparkctl", "bench", "--url", args.url, "--model", args.model, "-q",
+    argv = [*_pin(args), sys.executable, "-m", "sparkctl", "bench", "--url", args.url, "--model", args.model, "-q",
             "--concurrency", str(concurrency), "--input-len", str(args.input_len), "--output-len", str(args.output_len),
             "--num-prompts", str(args.num_prompts), "--warmup", "1", "--seed", str(args.seed),
             "--save-result", str(out)]
@@ -50,7 +54,7 @@ def run_sparkctl(args: argparse.Namespace, concurrency: int, out: Path) -> dict:
 
 
 def run_vllm(args: argparse.Namespace, concurrency: int, out: Path) -> dict:
-    argv = [*args.vllm, "bench", "serve", "--base-url", args.url, "--model", args.model,
+    argv = [*_pin(args), *args.vllm, "bench", "serve", "--base-url", args.url, "--model", args.model,
             "--tokenizer", args.tokenizer, "--dataset-name", "random", "--random-input-len", str(args.input_len),
             "--random-output-len", str(args.output_len), "--num-prompts", str(args.num_prompts),
             "--max-concurrency", str(concurrency), "--num-warmups", "1", "--seed", str(args.seed),
@@ -91,6 +95,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vllm", nargs="+", default=DEFAULT_VLLM, help="argv that runs vLLM's CLI")
+    parser.add_argument("--client-cpu", metavar="CPUS",
+                        help="run both clients on these CPUs (taskset), apart from the server's, so neither "
+                             "client's own CPU use slows the server it measures")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows = compare(args)
