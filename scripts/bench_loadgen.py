@@ -119,7 +119,8 @@ def _server_timing(url: str) -> dict:
 
 def accuracy(ttft_ms: float, itl_ms: float, output_len: int, levels: list[int]) -> list[AccuracyRow]:
     cores = os.cpu_count() or 1
-    server = Server("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), cpu=1 if cores >= 2 else None)
+    server = Server("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--jitter-ms", str(ttft_ms * 0.2),
+                    cpu=1 if cores >= 2 else None)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import time
@@ -47,8 +48,10 @@ class Counters:
 
 
 def make_app(*, ttft_ms: float, itl_ms: float, model: str, fail_every: int = 0, refuse_ignore_eos: bool = False,
-             api_key: str | None = None, old_metrics: bool = False, tokenize_endpoints: bool = True) -> web.Application:
+             api_key: str | None = None, old_metrics: bool = False, tokenize_endpoints: bool = True,
+             jitter_ms: float = 0.0) -> web.Application:
     counters = Counters()
+    rng = random.Random(0)
 
     @web.middleware
     async def auth(request: web.Request, handler):  # type: ignore[no-untyped-def]
@@ -114,8 +117,10 @@ def make_app(*, ttft_ms: float, itl_ms: float, model: str, fail_every: int = 0, 
             else:
                 # each chunk at its own deadline from the start, so sleep overshoot does not add up
                 written = []
+                # a per-request spread of the first token keeps closed-loop users from moving in lockstep
+                first = ttft_ms + (rng.uniform(-jitter_ms, jitter_ms) if jitter_ms else 0.0)
                 for i, chunk in enumerate(chunks):
-                    delay = arrived + (ttft_ms + i * itl_ms) / 1000 - time.perf_counter()
+                    delay = arrived + (first + i * itl_ms) / 1000 - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
                     await response.write(chunk)
@@ -174,6 +179,7 @@ def main() -> None:
     parser.add_argument("--api-key")
     parser.add_argument("--old-metrics", action="store_true")
     parser.add_argument("--no-tokenize", action="store_true", help="no /tokenize and /detokenize")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="spread each request's TTFT by up to this much")
     a = parser.parse_args()
     try:
         import uvloop  # as fast a server as this machine allows, when installed
@@ -185,7 +191,7 @@ def main() -> None:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(a.port, ttft_ms=a.ttft_ms, itl_ms=a.itl_ms, model=a.model, fail_every=a.fail_every,
                           refuse_ignore_eos=a.refuse_ignore_eos, api_key=a.api_key, old_metrics=a.old_metrics,
-                              tokenize_endpoints=not a.no_tokenize))
+                              tokenize_endpoints=not a.no_tokenize, jitter_ms=a.jitter_ms))
     except KeyboardInterrupt:
         sys.exit(0)
 
