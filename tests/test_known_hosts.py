@@ -88,3 +88,12 @@ def test_a_fifo_as_known_hosts_is_refused_not_waited_on(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(paramiko.SSHException, match="not a regular file"):
         load_known_hosts(str(fifo))
+
+
+def test_a_fifo_as_identity_file_is_refused(tmp_path):
+    fifo = tmp_path / "id"
+    os.mkfifo(fifo)
+    node = Node("n", "127.0.0.1", closed_port(), "root", "ssh", None, "head", {}, "python3", "~/.sparkctl", 1, 0)
+    runner = SshRunner(node, SshSettings(str(tmp_path / "kh"), "strict", str(fifo), 2.0, 0.0))
+    with pytest.raises(NodeUnavailable, match="not a regular file"):
+        runner.run(["true"])
