@@ -4,13 +4,14 @@ tests/test_ssh_cluster.py."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import paramiko
 import pytest
 
 from sparkctl.inventory import Node, SshSettings
-from sparkctl.remote.known_hosts import AcceptNewPolicy, RevokedHostKey, load_known_hosts
+from sparkctl.remote.known_hosts import AcceptNewPolicy, RejectUnknownPolicy, RevokedHostKey, load_known_hosts
 from sparkctl.remote.result import NodeUnavailable, SshFailure
 from sparkctl.remote.ssh import SshRunner
 
@@ -73,3 +74,26 @@ def test_accept_new_starts_a_new_line_when_the_file_lacks_one(tmp_path):
     policy.missing_host_key(paramiko.SSHClient(), "10.0.0.9", KEY)
     assert known.read_text().splitlines() == [line("10.0.0.8", OTHER), line("10.0.0.9", KEY)]
     assert load_known_hosts(str(known)).host_keys.lookup("10.0.0.9") is not None
+
+
+def test_a_host_known_only_through_a_cert_authority_gets_a_pointed_message(tmp_path):
+    known = write(tmp_path, line("@cert-authority *", OTHER) + "\n")
+    policy = RejectUnknownPolicy(load_known_hosts(str(known)))
+    with pytest.raises(paramiko.SSHException, match="@cert-authority lines are not used"):
+        policy.missing_host_key(paramiko.SSHClient(), "10.0.0.9", KEY)
+
+
+def test_a_fifo_as_known_hosts_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "known_hosts"
+    os.mkfifo(fifo)
+    with pytest.raises(paramiko.SSHException, match="not a regular file"):
+        load_known_hosts(str(fifo))
+
+
+def test_a_fifo_as_identity_file_is_refused(tmp_path):
+    fifo = tmp_path / "id"
+    os.mkfifo(fifo)
+    node = Node("n", "127.0.0.1", closed_port(), "root", "ssh", None, "head", {}, "python3", "~/.sparkctl", 1, 0)
+    runner = SshRunner(node, SshSettings(str(tmp_path / "kh"), "strict", str(fifo), 2.0, 0.0))
+    with pytest.raises(NodeUnavailable, match="not a regular file"):
+        runner.run(["true"])

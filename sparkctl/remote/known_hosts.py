@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+from sparkctl.files import NotARegularFile, open_regular
+
 
 class RevokedHostKey(paramiko.SSHException):
     """The server presented a key that known_hosts lists under @revoked."""
@@ -36,10 +38,12 @@ def load_known_hosts(path: str, host_keys: paramiko.HostKeys | None = None) -> K
     """Read known_hosts into `host_keys` (an SSHClient's own, or a new set)."""
     known = KnownHosts(host_keys if host_keys is not None else paramiko.HostKeys())
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
+        with open_regular(path) as handle:
+            lines = handle.read().decode("utf-8", "replace").splitlines()
     except FileNotFoundError:
         return known
+    except NotARegularFile as exc:  # a FIFO would block every connection
+        raise paramiko.SSHException(f"known_hosts {path}: {exc.strerror}") from None
     entries: list[paramiko.hostkeys.HostKeyEntry] = []
     for lineno, raw in enumerate(lines, 1):
         text = raw.strip()

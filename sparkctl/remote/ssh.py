@@ -8,8 +8,10 @@ Only failures classified as transient are retried, within a deadline.
 
 from __future__ import annotations
 
+import os
 import select
 import shlex
+import stat
 import threading
 import time
 from typing import Sequence
@@ -41,6 +43,8 @@ class SshRunner:
             client.set_missing_host_key_policy(RejectUnknownPolicy(known))
         timeout = self.settings.connect_timeout_s
         identity = self.settings.identity_file
+        if identity is not None and os.path.exists(identity) and not stat.S_ISREG(os.stat(identity).st_mode):
+            raise paramiko.SSHException(f"identity_file {identity}: not a regular file")  # a FIFO would block
         try:
             client.connect(
                 hostname=self.node.host,
