@@ -140,3 +140,18 @@ def test_rate_driven_bench_uses_requests_in_flight():
                           "request_throughput": 2.0, "mean_e2el_ms": 3000.0, "median_tpot_ms": 30.0}, "r.json")
     (step,) = result.steps
     assert result.kind == "vllm" and step.concurrency == 6 and step.tok_s_per_user == pytest.approx(1000 / 30)
+
+
+def test_the_args_reader_is_linear_on_hostile_lines():
+    """A 1 MiB line of braces took 17 s of CPU through the old regular expression."""
+    import time
+
+    from sparkctl.perf.rules import config_from_log
+
+    for line in ("non-default args: {" + "{" * (1 << 20), "non-default args: " + "}" * (1 << 20),
+                 "non-default args: {'a': " + "x" * (1 << 20)):
+        started = time.process_time()
+        assert config_from_log(line) is None
+        assert time.process_time() - started < 1.0
+    config = config_from_log("INFO non-default args: {'enforce_eager': True, 'max_num_seqs': 8} tail")
+    assert config is not None and config.enforce_eager and config.max_num_seqs == 8

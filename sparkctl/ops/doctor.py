@@ -8,13 +8,10 @@ from typing import Any
 
 from sparkctl.artefact import open_artefact
 from sparkctl.errors import InputError
-from sparkctl.perf.rules import EVIDENCE_LINE, log_findings
+from sparkctl.perf.rules import LOG_EVIDENCE, log_findings
 from sparkctl.probes.nccl_log import parse_nccl_log_lines
 from sparkctl.probes.nccl_tests import parse_nccl_tests_lines
 from sparkctl.serve.vllm_log import LogReader
-
-# the performance rules read only a few kinds of line: keep those, bounded, while the log streams by
-MAX_EVIDENCE_LINES = 1000
 
 
 def nccl_log(path: str) -> dict[str, Any]:
@@ -36,15 +33,16 @@ def nccl_tests(path: str, *, expect_busbw_gbs: float) -> dict[str, Any]:
 
 def vllm_log(path: str) -> dict[str, Any]:
     reader = LogReader()
-    evidence: list[str] = []
+    evidence: dict[str, str] = {}  # the performance rules read a few kinds of line: the last of each
     with open_artefact(path) as artefact:
         for line in artefact.lines():
             reader.feed(line + "\n")
-            if len(evidence) < MAX_EVIDENCE_LINES and EVIDENCE_LINE.search(line):
-                evidence.append(line)
+            for kind, pattern in LOG_EVIDENCE.items():
+                if pattern.search(line):
+                    evidence[kind] = line
     report = reader.close().to_dict()
     report["problem"] = bool(report["findings"])
     # performance misconfigurations are warnings: they do not make the log a problem
     report["performance_findings"] = [f.to_dict() for f in log_findings(
-        "\n".join(evidence), kv_cache_tokens=report["kv_cache_tokens"], max_concurrency=report["max_concurrency"])]
+        "\n".join(evidence.values()), kv_cache_tokens=report["kv_cache_tokens"], max_concurrency=report["max_concurrency"])]
     return report

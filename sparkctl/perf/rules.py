@@ -72,20 +72,24 @@ def config_from_args(args: tuple[str, ...], source: str) -> ServingConfig:
                          max_num_seqs=int(seqs) if seqs else None, kv_cache_dtype=values.get("kv-cache-dtype"))
 
 
-_NON_DEFAULT = re.compile(r"non-default args:\s*(\{.*\})")
+NON_DEFAULT = "non-default args:"
+MAX_ARGS_LINE = 64 * 1024  # an args line longer than this is not vLLM's
 _GB10 = re.compile(r"\bGB10\b|sm_?121|capability[^\n]{0,20}12\.1")
-# the only lines the log rules read; doctor keeps these while it streams a long log
-EVIDENCE_LINE = re.compile(r"non-default args:|platform cpu|CPU KV cache|VLLM_CPU_|\bGB10\b|sm_?121|capability",
-                           re.IGNORECASE)
+_CPU = re.compile(r"platform cpu|CPU KV cache|VLLM_CPU_", re.IGNORECASE)
+# The only kinds of line the log rules read; doctor keeps the last of each while it streams a long log.
+LOG_EVIDENCE = {"args": re.compile(re.escape(NON_DEFAULT)), "cpu": _CPU, "gb10": _GB10}
 
 
 def config_from_log(text: str) -> ServingConfig | None:
     """From the `non-default args: {...}` line vLLM logs at start-up."""
     found = None
     for line in text.splitlines():
-        match = _NON_DEFAULT.search(line)
-        if match:
-            found = match.group(1)
+        # str.find, not a regular expression: linear on any line, however hostile
+        at = line.find(NON_DEFAULT, 0, MAX_ARGS_LINE)
+        if at >= 0:
+            start, end = line.find("{", at, MAX_ARGS_LINE), line.rfind("}", 0, MAX_ARGS_LINE)
+            if 0 <= start < end:
+                found = line[start:end + 1]
     if found is None:
         return None
     try:
@@ -97,7 +101,7 @@ def config_from_log(text: str) -> ServingConfig | None:
     util = args.get("gpu_memory_utilization")
     seqs = args.get("max_num_seqs")
     # vLLM for CPU has no CUDA graphs to lose: its log names CPU KV cache or VLLM_CPU_ settings
-    cuda = not re.search(r"platform cpu|CPU KV cache|VLLM_CPU_", text, re.IGNORECASE)
+    cuda = not _CPU.search(text)
     return ServingConfig("vLLM log (non-default args)", enforce_eager=bool(args.get("enforce_eager")),
                          gpu_memory_utilization=float(util) if isinstance(util, (int, float)) else None,
                          max_num_seqs=int(seqs) if isinstance(seqs, int) else None,

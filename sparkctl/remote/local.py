@@ -12,7 +12,6 @@ from sparkctl.agent.node_output import OutputTail, pump
 from sparkctl.remote.result import CommandResult, CommandTimeout
 
 
-
 class LocalRunner:
     def __init__(self, node_name: str):
         self.node_name = node_name
