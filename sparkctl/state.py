@@ -62,16 +62,30 @@ class StateStore:
             return None
         return data
 
+    def _folder(self) -> None:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise OperationFailed(f"cannot use the state directory {self.folder}: {exc.strerror or exc}",
+                                  hint="set SPARKCTL_STATE_DIR to a writable directory") from None
+
     def save(self, data: dict[str, Any]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Atomically: the old state stays whole when the new one cannot be written (a full disk)."""
+        self._folder()
         data = {**data, "version": STATE_VERSION, "cluster": self.cluster, "saved_at": time.time()}
         tmp = self.path.with_suffix(f".tmp.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2, sort_keys=True)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OperationFailed(f"cannot write the state file {self.path}: {exc.strerror or exc}",
+                                  hint="free space in the state directory (or set SPARKCTL_STATE_DIR); "
+                                       "`sparkctl down` still finds what runs through the nodes' own records") from None
 
     def clear(self) -> None:
         try:
@@ -82,8 +96,12 @@ class StateStore:
     @contextmanager
     def locked(self, command: str) -> Iterator[None]:
         """Hold the cluster's lock; refuse (not wait) when another command holds it."""
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._folder()
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise OperationFailed(f"cannot use the state directory {self.folder}: {exc.strerror or exc}",
+                                  hint="set SPARKCTL_STATE_DIR to a writable directory") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
