@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import stat as stat_module
 import subprocess
 import sys
 import time
@@ -175,6 +176,8 @@ def op_launch(req):
     cwd = _expand(req.cwd or "~")
     for folder in (os.path.dirname(log), os.path.dirname(record)):
         os.makedirs(folder, mode=0o700, exist_ok=True)
+    for folder in req.private_dirs:
+        ensure_private_dir(_expand(folder))
     _rotate(log)
     _write_files(req.files)
     env = dict(os.environ)
@@ -236,23 +239,60 @@ def _spawn_detached(argv, env, log, cwd):
     return pid
 
 
-def _records(record_dir):
-    """The launch records in record_dir (as written by op_launch); unreadable ones are skipped."""
-    records = []
+def ensure_private_dir(path):
+    """A folder this user alone may use: made 0700, or an existing one of ours set to 0700.
+    A link, a file, or a folder another user made first (in /tmp, say) is refused."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise OpFailed("cannot make %s: %s" % (path, exc.strerror), "unsafe-dir") from None
+    st = os.lstat(path)
+    if not stat_module.S_ISDIR(st.st_mode):
+        raise OpFailed("%s exists and is not a folder (a link or a file): refusing to use it" % path, "unsafe-dir")
+    if st.st_uid != os.geteuid():
+        raise OpFailed("%s belongs to uid %d, not to this user: refusing to use it (remove it, or it is another "
+                       "user's)" % (path, st.st_uid), "unsafe-dir")
+    os.chmod(path, 0o700)
+
+
+def _private(path):
+    """Ours and writable by nobody else: a record another user could write might name
+    a session for us to signal, so only such files (in such a folder) are trusted."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not (st.st_mode & 0o022)
+
+
+def _record_files(record_dir):
+    """(path, record) of the trusted launch records in record_dir (written by op_launch)."""
+    found = []
     folder = _expand(record_dir)
+    if not _private(folder):
+        return found
     try:
         names = sorted(os.listdir(folder))
     except OSError:
-        return records
+        return found
     for name in names:
-        if not name.endswith(".json"):
+        path = os.path.join(folder, name)
+        if not name.endswith(".json") or not _private(path) or os.path.islink(path):
             continue
         try:
-            with open(os.path.join(folder, name)) as handle:
-                records.append(json.load(handle))
+            with open(path) as handle:
+                record = json.load(handle)
         except (OSError, ValueError):
             continue
-    return records
+        if isinstance(record, dict):
+            found.append((path, record))
+    return found
+
+
+def _records(record_dir):
+    return [record for _, record in _record_files(record_dir)]
 
 
 def _typed_records(record_dir):
@@ -392,12 +432,10 @@ def _terminate(ours, procs, grace_s):
 
 
 def _remove_records(record_dir, prefix):
-    folder = _expand(record_dir)
     removed = []
-    for rec in _records(folder):
+    for path, rec in _record_files(record_dir):  # the file listed, never a path built from its content
         if not str(rec.get("tag", "")).startswith(prefix):
             continue
-        path = os.path.join(folder, "%s.json" % rec.get("role", "process"))
         try:
             os.unlink(path)
             removed.append(path)

@@ -407,6 +407,7 @@ class LaunchRequest(Request[LaunchReply]):
     files: Dict[str, str] = field(default_factory=dict)
     exit_file: Optional[str] = None  # a waiter records the exit status there
     cwd: Optional[str] = None
+    private_dirs: Tuple[str, ...] = ()  # made (or checked) this user's alone, mode 0700, before the start
 
 
 @message

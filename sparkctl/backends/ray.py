@@ -328,8 +328,9 @@ def plan_ray(
         argv, listen = _ray_start_argv(playbook, node, plans[node.name].address, ports, gcs_address, gpus,
                                        temps[node.name], command)
         env = ray_start_env(inventory, playbook, plans[node.name], node.name)
+        # Ray makes its temp dir 0777 and reuses one another user made first: the agent makes it ours first
         specs.append(ProcessSpec(node=node.name, role=ROLE, argv=argv, env=env, forward_env=playbook.forward_env,
-                                 listen_ports=listen))
+                                 listen_ports=listen, private_dirs=(temps[node.name],)))
     carry = non_carry_over_vars(inventory, plans)
     root = config_root(inventory)
     serve = plan_serve(inventory, playbook, plans, gcs_address=gcs_address, config_root_path=root)

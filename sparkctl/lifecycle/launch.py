@@ -54,6 +54,7 @@ def launch_request(
         role=spec.role,
         plan_digest=plan_digest(spec),
         files=files or {},
+        private_dirs=spec.private_dirs,
         # groups that run to completion: a waiter records the exit status
         exit_file=f"{node_dir(node, cluster)}/{spec.role}.exit" if exit_status else None,
         cwd=node_dir(node, cluster) if exit_status else None,

@@ -20,6 +20,8 @@ class ProcessSpec:
     env: dict[str, str]
     forward_env: tuple[str, ...] = ()  # names read from the controller's environment at launch; never stored
     listen_ports: tuple[int, ...] = ()
+    # folders the process writes in that must be this user's alone (Ray's temp dir in /tmp)
+    private_dirs: tuple[str, ...] = ()
 
 
 def node_dir(node: Node, cluster: str) -> str:
