@@ -3,13 +3,9 @@ ray.extra_args sees every spelling vLLM's parser accepts (issue #13, defect 2)."
 
 from __future__ import annotations
 
-import subprocess
-import textwrap
-
 import pytest
 
 from sparkctl.playbook import RESERVED_VLLM_FLAGS, reserved_flag
-from tests.conftest import REPO
 from tests.test_playbook import problems
 
 
@@ -79,20 +75,24 @@ def test_values_that_would_read_as_options_are_refused(tmp_path, text, where):
     assert not any("SECRET" in line for line in found)
 
 
+def _vllm_serve_options() -> dict[str, str]:
+    """`vllm serve`'s options and their destinations, from the installed vLLM."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
+    assert parser.allow_abbrev
+    return {option: action.dest for option, action in parser._option_string_actions.items()}
+
+
 @pytest.mark.vllm
 def test_the_guard_matches_vllms_own_parser():
     """Against the installed vLLM: every option whose destination sparkctl sets is refused in
     every spelling, and no other option is."""
-    script = textwrap.dedent("""
-        import json
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-        parser = make_arg_parser(FlexibleArgumentParser(prog="vllm serve"))
-        assert parser.allow_abbrev
-        print(json.dumps({o: a.dest for o, a in parser._option_string_actions.items()}))
-    """)
-    out = subprocess.run([str(REPO / ".venv/bin/python"), "-c", script], capture_output=True, text=True, check=True)
-    dests = __import__("json").loads(out.stdout.strip().splitlines()[-1])
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # vLLM's import stays out of this process
+        dests = pool.apply(_vllm_serve_options)
     reserved_dests = {dests[f] for f in RESERVED_VLLM_FLAGS}
     for option, dest in dests.items():
         if dest in reserved_dests:
