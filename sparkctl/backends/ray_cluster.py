@@ -23,6 +23,7 @@ from sparkctl.agent.protocol import (
     HostScanRequest,
     ProbeRequest,
     ProcessRecord,
+    RayGroupStopReply,
     RayGroupStopRequest,
     RecordStatus,
     RemoveRequest,
@@ -471,8 +472,7 @@ def stop_ray(nodes: AgentClient, inventory: Inventory, reporter: Reporter, *, gr
         if outcome.error is not None:
             results[name].error = str(outcome.error)
             continue
-        group = {k: v for k, v in to_wire(outcome.result()).items() if v is not None or k == "pgid"}
-        results[name].group = group
+        results[name].group = group = _group_report(outcome.result())
         if group.get("leader") in ("terminated", "killed"):
             how = "stopped by SIGTERM" if group["leader"] == "terminated" else "needed SIGKILL"
             reporter.event(name, f"Ray (`ray start` pid {records[name].pid}) {how} in {group.get('elapsed_s', '?')}s")
@@ -497,6 +497,17 @@ def stop_ray(nodes: AgentClient, inventory: Inventory, reporter: Reporter, *, gr
         except SparkctlError as exc:
             result.error = f"could not clean Ray's temp dir: {exc}"
     return results
+
+
+def _group_report(reply: RayGroupStopReply) -> dict[str, Any]:
+    """How `ray start` and its group stopped, in the shape `down --json` has always shown."""
+    group: dict[str, Any] = {"leader": reply.leader, "pgid": reply.pgid, "killed": list(reply.killed),
+                             "remaining": list(reply.remaining),
+                             "stopped": [{"pid": p.pid, "cmdline": p.cmdline} for p in reply.stopped]}
+    if reply.leader_s is not None:
+        group["leader_s"] = reply.leader_s
+    group["elapsed_s"] = reply.elapsed_s
+    return group
 
 
 def _ray_records(nodes: AgentClient, inventory: Inventory) -> dict[str, RecordStatus]:
