@@ -70,14 +70,14 @@ def plan_fabric(discovery: Discovery, mtu: int = 9000) -> FabricPlan:
     used = {net for v in views for net in v.mgmt_networks}
     subnets: list[tuple[ipaddress.IPv4Network, str]] = []
     for k in range(width):
+        # the other twins' current networks are off limits too: twins must never share a subnet
+        taken = list(used) + [s for s, _ in subnets] + [ipaddress.ip_interface(a).network for v in views
+                                                        for j, t in enumerate(v.twins) if j != k for a in t.ipv4]
         kept = _shared_subnet([v.twins[k] for v in views])
-        if kept is not None and kept not in (s for s, _ in subnets) and not any(kept.overlaps(u) for u in used):
+        if kept is not None and not any(kept.overlaps(t) for t in taken):
             subnets.append((kept, f"already on twin {k + 1} of every node"))
             continue
-        free = next((c for c in CANDIDATES if c not in (s for s, _ in subnets)
-                     and not any(c.overlaps(u) for u in used)
-                     and not any(c.overlaps(ipaddress.ip_interface(a).network) for v in views
-                                 for j, t in enumerate(v.twins) if j != k for a in t.ipv4)), None)
+        free = next((c for c in CANDIDATES if not any(c.overlaps(t) for t in taken)), None)
         if free is None:
             raise OperationFailed("no free /24 for the fabric in 192.168.100-199 (every one is in use on a node)")
         subnets.append((free, "chosen: free on every node, and different from the other twin's"))

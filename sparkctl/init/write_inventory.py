@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from sparkctl.checks.fabric import gib
 from sparkctl.errors import InputError, OperationFailed
@@ -65,20 +66,24 @@ def render_inventory(target: Target, discovery: Discovery, plan: FabricPlan, why
 
 
 def write_inventory(path: str, text: str, *, force: bool) -> str:
+    return write_checked(path, text, force=force, load=load_inventory)
+
+
+def write_checked(path: str, text: str, *, force: bool, load: Callable[[str], object]) -> str:
+    """Write atomically after `load` (the real loader) accepts the text; never over a file without force."""
     if os.path.exists(path) and not force:
         raise InputError(f"{path} exists; not overwritten", hint="choose another -o, or pass --force to replace it")
     folder = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
     try:
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
         with open(tmp, "w", encoding="utf-8") as handle:
             handle.write(text)
-        try:
-            load_inventory(tmp)  # what we write must load; a failure here is a bug in init
-        except Exception:
-            os.unlink(tmp)
-            raise
+        load(tmp)  # what init writes must load; a failure here is a bug in init
         os.replace(tmp, path)
     except OSError as exc:
         raise OperationFailed(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path
