@@ -51,7 +51,7 @@ def test_healthy_pair_unknown_keys_and_an_unreachable_host(make_vcluster, tmp_pa
     done = init(cluster, "-o", str(inventory), "--accept-new", known_hosts=fresh)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(fresh.read_text().splitlines()) == 2
-    assert f"inventory: {inventory}" in done.stdout and "0 FAIL" in done.stdout
+    assert f"inventory: {inventory}" in done.stdout and "the fabric and the nodes' network: 0 FAIL" in done.stdout
     text = inventory.read_text()
     assert "# the first host" in text and "twin 1 of cabled cage p1" in text
     data = yaml.safe_load(text)

@@ -21,6 +21,11 @@ from sparkctl.progress import Reporter
 from sparkctl.remote.result import NodeUnavailable
 
 
+# check areas whose FAILs make init fail; the others (versions, model, memory) are for `up` to
+# need and are printed as what is left to do
+FABRIC_AREAS = ("facts", "rdma", "net", "env")
+
+
 @dataclass(frozen=True)
 class InitOptions:
     target: Target
@@ -45,11 +50,17 @@ class InitResult:
     applied: Applied | None
     check: CheckReport | None
 
+    def fabric_failures(self) -> list[Any]:
+        """The check's FAILs that are init's business: reaching the nodes, RDMA and the network."""
+        if self.check is None:
+            return []
+        return [f for f in self.check.failed() if f.check.split(".")[0] in FABRIC_AREAS]
+
     @property
     def exit_code(self) -> int:
         if self.plan.needed and self.applied is None:
             return 1  # the fabric still needs the printed configuration
-        return self.check.exit_code if self.check is not None else 0
+        return 1 if self.fabric_failures() else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

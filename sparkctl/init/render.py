@@ -29,6 +29,9 @@ def init_text(result: InitResult) -> str:
         problems = any(f.status != Status.PASS for f in result.check.findings)
         lines.append(render_text(result.check, show_pass=False, show_plan=False) if problems
                      else render_text(result.check, show_pass=False, show_plan=False).splitlines()[-1])
+        failures = result.fabric_failures()
+        lines.append(f"the fabric and the nodes' network: {len(failures)} FAIL" + (
+            "" if failures else "; FAILs above, if any, are for `up` (vLLM, versions, the model): see the hints"))
     elif result.fix:
         lines.append("the fabric needs the configuration above: apply it (or run again with --apply), "
                      "then `sparkctl check -i " + str(result.output) + "`")
