@@ -60,6 +60,9 @@ def test_healthy_pair_unknown_keys_and_an_unreachable_host(make_vcluster, tmp_pa
     assert data["fabric"]["mtu"] == 9000
     assert sparkctl("validate", "-i", str(inventory)).returncode == 0
     assert network_failures(inventory) == set()
+    page = tmp_path / "check.html"
+    assert sparkctl("check", "-i", str(inventory), "--report", str(page)).stdout.strip().endswith(f"report: {page}")
+    assert "net.peer-mtu" in page.read_text() and "192.168.100.11" in page.read_text()
 
     again = init(cluster, "-o", str(inventory), known_hosts=fresh)
     assert again.returncode == 2 and "not overwritten" in again.stderr and inventory.read_text() == text
