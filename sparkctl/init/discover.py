@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from sparkctl.checks import ClusterSpec
-from sparkctl.checks.fabric import fabric_of, interface_for, ipv4_map, natural_key, section
+from sparkctl.checks.fabric import fabric_of, interface_for, ipv4_map, is_ip, natural_key, section
 from sparkctl.errors import ConnectionFailed, OperationFailed
 from sparkctl.inventory import Fabric, Inventory, Node, SshSettings
 from sparkctl.ops.check import gather_facts
@@ -160,9 +160,6 @@ def node_names(views: tuple[NodeView, ...]) -> tuple[tuple[str, ...], str]:
     return tuple(f"node{i}" for i in range(len(views))), "numbered (hostnames not unique: " + ", ".join(hostnames) + ")"
 
 
+
 def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-        return True
-    except ValueError:
-        return False
+    return is_ip(text) and ":" not in text
