@@ -43,7 +43,7 @@ def test_healthy_pair_unknown_keys_and_an_unreachable_host(make_vcluster, tmp_pa
     inventory = tmp_path / "inventories" / "pair.yaml"
     fresh = tmp_path / "known_hosts"  # a controller that has never seen these hosts
 
-    refused = init(cluster, "-o", str(inventory), known_hosts=fresh)
+    refused = init(cluster, "-o", str(inventory), "-q", known_hosts=fresh)
     assert refused.returncode == 3, refused.stderr
     assert "host key not known" in refused.stderr and refused.stderr.count("SHA256:") == 2
     assert not inventory.exists() and not fresh.exists()
