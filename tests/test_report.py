@@ -166,3 +166,17 @@ def test_markdown_escapes_table_pipes():
     report = Report("t", "sparkctl x", "now", (("k", "a|b"),), None,
                     (Section("s", (Table(("h",), (("x|y",),)),)),))
     assert "a\\|b" in render_markdown(report) and "x\\|y" in render_markdown(report)
+
+
+@pytest.mark.vllm  # torch from the repo's .venv runs the gloo probe on the built-in local pair
+@pytest.mark.timeout(300)
+def test_nccl_probe_report_from_a_real_probe_on_the_local_pair(tmp_path):
+    page = tmp_path / "probe.html"
+    done = sparkctl("nccl-probe", "-i", str(REPO / "inventories" / "local.yaml"), "--python",
+                    str(REPO / ".venv" / "bin" / "python"), "--sizes", "8,4K", "--modes", "eager", "--time-budget",
+                    "0.05", "-q", "--report", str(page), timeout=280)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"report: {page}"
+    text = page.read_text()
+    assert "All-reduce sweep, eager mode" in text and "gloo" in text and "verdict: inconclusive" in text
+    assert "4 KiB" in text and "<script" not in text
