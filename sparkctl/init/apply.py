@@ -47,7 +47,7 @@ def apply_fabric(inventory: Inventory, plan: FabricPlan, reporter: Reporter, *, 
     fixes = {f.name: f for f in plan.nodes}
     undo: list[Step] = []
     with NodeSession(inventory) as session:
-        def run(step: Step) -> str:
+        def run(step: Step) -> bytes:
             argv = list(step.argv) if step.node.user == "root" else ["sudo", "-n", *step.argv]
             result = session.runner(step.node).run(argv, stdin=step.stdin, timeout_s=60)
             if not result.ok:
@@ -55,17 +55,18 @@ def apply_fabric(inventory: Inventory, plan: FabricPlan, reporter: Reporter, *, 
                                       f"{result.error_text().strip()[-300:]}",
                                       hint=None if step.node.user == "root" else
                                       "a non-root login needs passwordless sudo for ip and install (sudo -n)")
-            return result.text()
+            return result.stdout
 
         try:
             old_files = {}
             for node in inventory.nodes:
                 path = netplan_path(netplan_dir, node)
-                found = session.runner(node).run(["cat", path], timeout_s=30)
-                if found.ok and not force:
+                exists = session.runner(node).run(["test", "-e", path], timeout_s=30).ok
+                if exists and not force:
                     raise OperationFailed(f"{node.name}: {path} exists; not overwritten",
                                           hint="pass --force to replace it (it is restored on a rollback)")
-                old_files[node.name] = found.stdout if found.ok else None
+                # netplan files are mode 600: read the old one as root, to restore it on a rollback
+                old_files[node.name] = run(Step(node, ("cat", path))) if exists else None
             count = 0
             for node in inventory.nodes:
                 for command, reverse in ip_commands(fixes[node.name]):
