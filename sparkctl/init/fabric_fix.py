@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 
 from sparkctl.errors import OperationFailed
-from sparkctl.init.discover import Discovery, NodeView, Port
+from sparkctl.init.discover import Discovery, Port
 
 # NVIDIA's two-Spark playbook uses 192.168.100/24 and 192.168.101/24; then onward
 CANDIDATES = tuple(ipaddress.IPv4Network(f"192.168.{third}.0/24") for third in range(100, 200))
@@ -182,6 +182,6 @@ def fix_text(plan: FabricPlan, netplan_dir: str) -> str:
         lines.append(f"\n{fix.name} ({fix.host}): persistent, {netplan_dir.rstrip('/')}/{NETPLAN_FILE} (then "
                      "`sudo netplan apply`, or reboot):")
         lines += ["    " + line for line in netplan_yaml(fix).splitlines()]
-        lines.append(f"  for the current boot:")
+        lines.append("  for the current boot:")
         lines += ["    sudo " + shlex.join(cmd) for cmd, _ in ip_commands(fix)]
     return "\n".join(lines)
