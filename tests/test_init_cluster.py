@@ -6,7 +6,6 @@ passing check; a rollback when the verification fails), an unknown host key
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 
 import pytest
