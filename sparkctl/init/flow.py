@@ -78,7 +78,8 @@ class InitResult:
                                                           "verified": list(self.applied.verified),
                                                           "netplan_files": list(self.applied.netplan_files)},
             "check": None if self.check is None else {"status": self.check.worst.value, "counts": self.check.counts(),
-                                                      "exit_code": self.check.exit_code},
+                                                      "exit_code": self.check.exit_code,
+                                                      "fabric_failures": [f.to_dict() for f in self.fabric_failures()]},
             "exit_code": self.exit_code,
         }
 
