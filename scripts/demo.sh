@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p out
-sparkctl=.venv/bin/sparkctl
+# this checkout's sparkctl, whichever checkout the shared .venv was installed from
+sparkctl=".venv/bin/python -m sparkctl"
 inv=inventories/local.yaml
 pb=playbooks/tiny-cpu.yaml
 
@@ -25,7 +26,7 @@ curl -sS --max-time 120 http://127.0.0.1:8013/v1/chat/completions \
 echo
 echo "== sparkctl bench -i $inv (a short ladder: 8 requests per step)"
 $sparkctl bench -i "$inv" --concurrency 1,4 --input-len 64 --output-len 32 --num-prompts 8 \
-    --save-result out/demo-bench.json --plot out/demo-bench.png
+    --save-result out/demo-bench.json --plot out/demo-bench.png --report out/demo-report.html
 
 echo
 echo "== sparkctl status -i $inv"
@@ -35,3 +36,7 @@ echo
 echo "== sparkctl down -i $inv"
 $sparkctl down -i "$inv"
 trap - EXIT
+
+echo
+echo "report of this run (one self-contained page, open it in a browser):"
+echo "$(pwd)/out/demo-report.html"

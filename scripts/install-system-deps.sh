@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System packages the test suite's virtual cluster needs: a real OpenSSH server,
-# iproute2 (network namespaces, veth, bridges), ping and procps. Installs only
+# iproute2 (network namespaces, veth, bridges), ping, procps, and Chromium for the report tests. Installs only
 # what is missing, and only as root; without root those tests skip and say why.
 set -euo pipefail
 need=()
@@ -10,6 +10,8 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v pgrep >/dev/null 2>&1 || need+=(procps)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# a real headless browser for the report tests (tests/test_report.py)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -93,6 +94,26 @@ def _load(args: argparse.Namespace, *, playbook: str) -> tuple[Any, Any]:
     return inventory, loaded
 
 
+def _report_path(args: argparse.Namespace) -> str | None:
+    """--report FILE, its format checked before anything is measured."""
+    if getattr(args, "report", None):
+        from sparkctl.report import report_format
+
+        report_format(args.report)
+    return getattr(args, "report", None)
+
+
+def _write_report(args: argparse.Namespace, build: Callable[[str, str], Any]) -> None:
+    """build(command, created) -> Report, written to --report; its path printed last."""
+    from datetime import datetime
+
+    from sparkctl.report import write_report
+
+    created = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    path = write_report(build(args.command_line, created), args.report)
+    print(f"report: {path}", file=sys.stderr if args.json else sys.stdout)
+
+
 # ----------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------
@@ -132,6 +153,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from sparkctl.ops.check import run_check
 
     inventory, playbook = _load(args, playbook="optional")
+    _report_path(args)
     report, facts = run_check(inventory, playbook, _reporter(args))
     if args.json:
         data = report.to_dict()
@@ -142,6 +164,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(render_plan(report.plan))
     else:
         print(render_text(report, show_pass=not args.problems_only))
+    if args.report:
+        from sparkctl.report.check import check_report
+
+        _write_report(args, lambda command, created: check_report(
+            report, command=command, created=created, unreachable=tuple(facts.unreachable)))
     if facts.unreachable:
         return int(ExitCode.UNREACHABLE)
     return report.exit_code
@@ -282,6 +309,7 @@ def cmd_nccl_probe(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"invalid probe option: {exc}") from None
     inventory, playbook = _load(args, playbook="optional")
+    _report_path(args)
     report = nccl_probe(inventory, playbook, options, _reporter(args), python=args.python)
     if args.plot:
         from sparkctl.probes.plot import plot
@@ -293,6 +321,11 @@ def cmd_nccl_probe(args: argparse.Namespace) -> int:
         print(render_report(report))
         if args.plot:
             print(f"plot: {args.plot}")
+    if args.report:
+        from sparkctl.report.probe import probe_report
+
+        _write_report(args, lambda command, created: probe_report(
+            report, command=command, created=created, cluster=inventory.cluster))
     return int(ExitCode.FAILED) if report.verdict == "degraded" else 0
 
 
@@ -369,6 +402,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from sparkctl.progress import LiveLine, NullLine
 
     options = _bench_options(args)
+    _report_path(args)
     if args.plot:
         from sparkctl.plotting import require_matplotlib
 
@@ -401,6 +435,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for path, what in ((args.save_result, "result"), (args.plot, "plot")):
             if path:
                 print(f"{what}: {path}")
+    if args.report:
+        from sparkctl.report.bench import bench_report
+
+        _write_report(args, lambda command, created: bench_report(result, command=command, created=created))
     if result.interrupted:
         sys.stderr.write("interrupted: what was measured so far is above" + (f" and in {args.save_result}" if args.save_result else "") + "\n")
         return int(ExitCode.INTERRUPTED)
@@ -469,6 +507,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from sparkctl.init.cli_args import init_options, playbook_mode
+
+    if args.playbook_model:
+        return playbook_mode(args, _print_json)
+    from sparkctl.init.flow import init_cluster
+    from sparkctl.init.render import init_text
+
+    options, ask = init_options(args)
+    result = init_cluster(options, _reporter(args), ask)
+    _emit(args, result.to_dict, lambda: init_text(result))
+    return result.exit_code
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from sparkctl.completion import script
+
+    sys.stdout.write(script(args.shell))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -479,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("-p", "--playbook", help="playbook YAML (default: $SPARKCTL_PLAYBOOK)")
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    report = argparse.ArgumentParser(add_help=False)
+    report.add_argument("--report", metavar="FILE.html|FILE.md",
+                        help="also write a shareable report: one self-contained HTML page, or Markdown tables")
 
     parser = argparse.ArgumentParser(
         prog="sparkctl",
@@ -497,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(handler=cmd_exec)
 
-    p = sub.add_parser("check", parents=[common, inv, pb, quiet], help="preflight every node and the fabric; print the network plan")
+    p = sub.add_parser("check", parents=[common, inv, pb, quiet, report], help="preflight every node and the fabric; print the network plan")
     p.add_argument("--plan", action="store_true", help="print only the per-host network plan")
     p.add_argument("--problems-only", action="store_true", help="hide PASS rows")
     p.add_argument("--facts", action="store_true", help="with --json: include every node's raw facts")
@@ -542,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=non_negative_float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")
     p.set_defaults(handler=cmd_down)
 
-    p = sub.add_parser("nccl-probe", parents=[common, inv, pb, quiet],
+    p = sub.add_parser("nccl-probe", parents=[common, inv, pb, quiet, report],
                        help="all-reduce sweep across the nodes (NCCL on GPUs, gloo on CPUs): latency, bandwidth, transport")
     p.add_argument("--python", help="interpreter with torch on the nodes (default: the playbook's vLLM Python, else python3)")
     p.add_argument("--sizes", help="explicit sizes, e.g. 8,4K,1M,1G (overrides --min-size/--max-size)")
@@ -588,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nccl-tests: the link's expected bus bandwidth in GB/s (default 22, a Spark pair)")
     p.set_defaults(handler=cmd_doctor)
 
-    p = sub.add_parser("bench", parents=[common, inv, pb, quiet],
+    p = sub.add_parser("bench", parents=[common, inv, pb, quiet, report],
                        help="serving benchmark of the cluster's endpoint (or --url): TTFT/TPOT/ITL, throughput, the server's view")
     p.add_argument("--url", help="benchmark this OpenAI-compatible endpoint instead of the inventory's (e.g. http://host:8000)")
     p.add_argument("--model", help="the served model name (default: the playbook's, or the only model the endpoint serves)")
@@ -647,6 +709,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", default="vllm", choices=["vllm", "ray", "probe", "job"],
                    help="whose log: vllm (default), ray, probe or job")
     p.set_defaults(handler=cmd_logs)
+
+    p = sub.add_parser("init", parents=[common, quiet],
+                       help="write an inventory from fresh Sparks (--hosts), or a playbook for a model (--playbook)")
+    p.add_argument("--hosts", metavar="HOST1,HOST2,...", help="management addresses or names of the nodes")
+    p.add_argument("--user", help="SSH login (default: the current user)")
+    p.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    p.add_argument("--identity-file", metavar="FILE", help="private key to log in with")
+    p.add_argument("--known-hosts", metavar="FILE", default="~/.ssh/known_hosts", help="where host keys are checked and recorded")
+    p.add_argument("--accept-new", action="store_true", help="record unknown host keys without asking (a changed key is refused)")
+    p.add_argument("--name", default="sparks", help="the cluster's name (default sparks)")
+    p.add_argument("--head", metavar="HOST", help="the head node (default: the first host)")
+    p.add_argument("-o", "--output", metavar="FILE.yaml", help="where to write (default inventories/NAME.yaml, or playbooks/MODEL.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.add_argument("--mtu", type=int, default=9000, help="fabric MTU (default 9000)")
+    p.add_argument("--apply", action="store_true", help="apply the fabric configuration (fabric interfaces only), verify, roll back on failure")
+    p.add_argument("--netplan-dir", default="/etc/netplan", metavar="DIR", help="where --apply writes the netplan file (default /etc/netplan)")
+    p.add_argument("--playbook", dest="playbook_model", metavar="MODEL", help="write a playbook for this model directory or id (with -i)")
+    p.add_argument("-i", "--inventory", help="with --playbook: the inventory (default: $SPARKCTL_INVENTORY)")
+    p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser("completion", help="print a shell completion script (bash, zsh or fish); see the README")
+    p.add_argument("shell", choices=["bash", "zsh", "fish"])
+    p.set_defaults(handler=cmd_completion)
     return parser
 
 
@@ -659,7 +744,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["bench", "compare"]:
         argv = ["bench-compare", *argv[2:]]  # `bench compare` reads results; `bench` alone measures
+    from sparkctl.completion import complete_if_asked
+
+    complete_if_asked(parser)  # exits here when a shell asks for completions
     args = parser.parse_args(argv)
+    args.command_line = "sparkctl " + shlex.join(argv)  # what a report says produced it
     # A closed terminal (SIGHUP) or a supervisor's SIGTERM gets what Ctrl-C gets:
     # everything this command started is stopped before it exits.
     for signum in (signal.SIGTERM, signal.SIGHUP):

@@ -61,6 +61,7 @@ LOCK_DIR = Path("/run/lock/sparkctl-vcluster")
 ENV_MARKER = "SCT_VCLUSTER_NS"  # put into the environment of every process we start in a node
 
 FABRIC_NET = ipaddress.ip_network("192.168.100.0/24")
+TWIN_NET = ipaddress.ip_network("192.168.101.0/24")  # the second twin's, as in NVIDIA's playbook
 MAX_NODES = 8
 IFNAMSIZ_MAX = 15
 
@@ -313,7 +314,8 @@ class VirtualCluster:
 
     def __init__(self, n_nodes: int, workdir: Path, *, fabric_mtu: int = 9000,
                  fabric_ifname: str = "enp1s0f1np1", name: str | None = None,
-                 ready_timeout: float = 20.0, stop_grace: float = 1.0):
+                 ready_timeout: float = 20.0, stop_grace: float = 1.0, twins: bool = False,
+                 fabric_addresses: bool = True, node_mtu: int | None = None):
         if not isinstance(n_nodes, int) or not 2 <= n_nodes <= MAX_NODES:
             raise ValueError(f"n_nodes must be an int in 2..{MAX_NODES}, got {n_nodes!r}")
         if not 68 <= int(fabric_mtu) <= 65535:
@@ -325,6 +327,12 @@ class VirtualCluster:
         self.workdir = Path(workdir).resolve()
         self.fabric_mtu = int(fabric_mtu)
         self.fabric_ifname = fabric_ifname
+        # twins=True: a second fabric interface per node, on its own switch, named like a
+        # Spark's second twin of the same cage (enp1s0f1np1 -> enP2p1s0f1np1)
+        self.twin_ifname = ("enP2p" + fabric_ifname[3:]) if twins and fabric_ifname.startswith("enp") else (
+            fabric_ifname[:13] + "t2" if twins else None)
+        self.fabric_addresses = fabric_addresses  # False: the twins come up without IPv4, as on a fresh Spark
+        self.node_mtu = node_mtu  # node-side MTU of the fabric interfaces (the switch side keeps fabric_mtu)
         self.ready_timeout = ready_timeout
         self.stop_grace = stop_grace
         self.id = self._pick_id()
@@ -333,6 +341,7 @@ class VirtualCluster:
         self.switch_netns = f"{self.tag}-sw"
         self.mgmt_bridge = f"{self.tag}-br"
         self.fabric_bridge = f"{self.tag}-fbr"
+        self.twin_bridge = f"{self.tag}-fb2"
         self.mgmt_net: ipaddress.IPv4Network | None = None
         self.client_key = self.workdir / "id_ed25519"
         self.known_hosts = self.workdir / "known_hosts"
@@ -505,17 +514,25 @@ class VirtualCluster:
             _run([IP, "-n", node.netns, "link", "set", "mgmt0", "up"])
 
     def _setup_fabric(self) -> None:
+        links = [(self.fabric_bridge, self.fabric_ifname, "f", FABRIC_NET)]
+        if self.twin_ifname:
+            links.append((self.twin_bridge, self.twin_ifname, "g", TWIN_NET))
+        for bridge, ifname, letter, net in links:
+            self._setup_fabric_link(bridge, ifname, letter, net)
+
+    def _setup_fabric_link(self, bridge: str, ifname: str, letter: str, net: ipaddress.IPv4Network) -> None:
         sw, mtu = self.switch_netns, str(self.fabric_mtu)
-        _run([IP, "-n", sw, "link", "add", "name", self.fabric_bridge, "type", "bridge"])
+        _run([IP, "-n", sw, "link", "add", "name", bridge, "type", "bridge"])
         for node in self.nodes:
-            veth = self._fabric_veth(node.index)
+            veth = f"{self.tag}-{letter}{node.index}"
             _run([IP, "-n", sw, "link", "add", veth, "mtu", mtu, "type", "veth",
-                  "peer", "name", self.fabric_ifname, "mtu", mtu, "netns", node.netns])
-            _run([IP, "-n", sw, "link", "set", veth, "master", self.fabric_bridge, "up"])
-            _run([IP, "-n", node.netns, "addr", "add", f"{node.fabric_ip}/{FABRIC_NET.prefixlen}",
-                  "dev", self.fabric_ifname])
-            _run([IP, "-n", node.netns, "link", "set", self.fabric_ifname, "up"])
-        _run([IP, "-n", sw, "link", "set", self.fabric_bridge, "mtu", mtu, "up"])
+                  "peer", "name", ifname, "mtu", str(self.node_mtu or mtu), "netns", node.netns])
+            _run([IP, "-n", sw, "link", "set", veth, "master", bridge, "up"])
+            if self.fabric_addresses:
+                _run([IP, "-n", node.netns, "addr", "add", f"{net.network_address + 10 + node.index}/{net.prefixlen}",
+                      "dev", ifname])
+            _run([IP, "-n", node.netns, "link", "set", ifname, "up"])
+        _run([IP, "-n", sw, "link", "set", bridge, "mtu", mtu, "up"])
 
     def _operstates(self, netns: str) -> dict[str, str]:
         proc = _run([IP, "-n", netns, "-j", "link", "show"], check=False)
@@ -531,7 +548,8 @@ class VirtualCluster:
         while True:
             for name, node in list(pending.items()):
                 states = self._operstates(node.netns)
-                if states.get("mgmt0") == "UP" and states.get(node.fabric_ifname) == "UP":
+                if states.get("mgmt0") == "UP" and states.get(node.fabric_ifname) == "UP" and (
+                        not self.twin_ifname or states.get(self.twin_ifname) == "UP"):
                     del pending[name]
             if not pending:
                 return

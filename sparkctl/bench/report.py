@@ -21,6 +21,64 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [line(header), *(line(r) for r in rows)]
 
 
+def client_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """The client's figures, one row per step (the text table and the shareable report)."""
+    rows = []
+    for s in result.steps:
+        fails = f"{s.failed}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.errors.items()))})" if s.errors else "")
+        rows.append([
+            s.step.label + (" (cut)" if s.interrupted else ""), str(s.completed), fails, _f(s.duration),
+            _f(s.request_throughput, 2), _f(s.output_throughput), _f(s.output_throughput_per_node), _f(s.tok_s_per_user),
+            f"{_f(s.ttft.median)} / {_f(s.ttft.percentiles[-1][1])}",
+            f"{_f(s.tpot.median, 2)} / {_f(s.tpot.percentiles[-1][1], 2)}",
+            _f(s.itl.median, 2), _f(s.e2el.median), "yes" if s.saturated else "no",
+        ])
+    p_top = f"p{result.metadata.percentiles[-1]:g}" if result.metadata.percentiles else "p99"
+    header = ["STEP", "OK", "FAILED", "DUR s", "REQ/s", "OUT tok/s", "tok/s/node", "tok/s/user",
+              f"TTFT ms p50/{p_top}", f"TPOT ms p50/{p_top}", "ITL ms p50", "E2EL ms p50", "SATURATED"]
+    return header, rows
+
+
+def server_table(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+    """The server's /metrics view per step (empty when it was not scraped)."""
+    rows = []
+    for s in result.steps:
+        v = s.server
+        if v is not None:
+            rows.append([
+                s.step.label, _f(v.generation_tokens, 0), _f(v.prompt_tokens, 0), _f(v.requests_success, 0),
+                _f(v.preemptions, 0), _pct(v.prefix_cache_hit_rate),
+                f"{_f(v.running_mean)} / {_f(v.running_max, 0)}", f"{_f(v.waiting_mean)} / {_f(v.waiting_max, 0)}",
+                f"{_pct(v.kv_cache_usage_mean)} / {_pct(v.kv_cache_usage_max)}",
+            ])
+    header = ["STEP", "GEN tok", "PROMPT tok", "REQUESTS", "PREEMPT", "PREFIX HIT", "RUNNING", "WAITING", "KV CACHE"]
+    return header, rows
+
+
+def step_remarks(result: BenchResult) -> list[str]:
+    """Saturation, token-count and error remarks per step, and the SLO line."""
+    lines = []
+    for s in result.steps:
+        for reason in s.saturation_reasons:
+            lines.append(f"saturated at {s.step.label}: {reason}")
+        if s.token_count_mismatches:
+            lines.append(f"{s.step.label}: {s.token_count_mismatches} request(s) where the server's token count "
+                         "differs from the streamed chunks (expected with speculative decoding)")
+        if s.short_outputs:
+            lines.append(f"{s.step.label}: {s.short_outputs} request(s) ended before {s.step.output_len} tokens")
+        for sample in s.sample_errors:
+            lines.append(f"{s.step.label}: error: {sample}")
+    if result.slo is not None:
+        slo = result.slo
+        limits = ", ".join(f"{k.removesuffix('_ms')} <= {v:g} ms" for k, v in slo.slo.to_dict().items() if v is not None)
+        if slo.best_step:
+            lines.append(f"SLO ({limits}, {slo.attainment:.0%} of requests): highest load meeting it: "
+                         f"{slo.best_step} at {slo.best_output_throughput:,.1f} output tok/s")
+        else:
+            lines.append(f"SLO ({limits}, {slo.attainment:.0%} of requests): no step met it")
+    return lines
+
+
 def bench_text(result: BenchResult) -> str:
     m = result.metadata
     head = f"{m.endpoint} serving {m.model!r}"
@@ -31,52 +89,14 @@ def bench_text(result: BenchResult) -> str:
     if m.vllm_version:
         head += f", vLLM {m.vllm_version}"
     lines = [head, f"  prompts: {m.tokenizer}; {m.endpoint_type} endpoint; seed {m.seed}"]
-    client_rows = []
-    server_rows = []
-    for s in result.steps:
-        fails = f"{s.failed}" + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.errors.items()))})" if s.errors else "")
-        client_rows.append([
-            s.step.label + (" (cut)" if s.interrupted else ""), str(s.completed), fails, _f(s.duration),
-            _f(s.request_throughput, 2), _f(s.output_throughput), _f(s.output_throughput_per_node), _f(s.tok_s_per_user),
-            f"{_f(s.ttft.median)} / {_f(s.ttft.percentiles[-1][1])}",
-            f"{_f(s.tpot.median, 2)} / {_f(s.tpot.percentiles[-1][1], 2)}",
-            _f(s.itl.median, 2), _f(s.e2el.median), "yes" if s.saturated else "no",
-        ])
-        v = s.server
-        if v is not None:
-            server_rows.append([
-                s.step.label, _f(v.generation_tokens, 0), _f(v.prompt_tokens, 0), _f(v.requests_success, 0),
-                _f(v.preemptions, 0), _pct(v.prefix_cache_hit_rate),
-                f"{_f(v.running_mean)} / {_f(v.running_max, 0)}", f"{_f(v.waiting_mean)} / {_f(v.waiting_max, 0)}",
-                f"{_pct(v.kv_cache_usage_mean)} / {_pct(v.kv_cache_usage_max)}",
-            ])
-    p_top = f"p{result.metadata.percentiles[-1]:g}" if result.metadata.percentiles else "p99"
+    header, client_rows = client_table(result)
     lines.append("")
-    lines += _table(["STEP", "OK", "FAILED", "DUR s", "REQ/s", "OUT tok/s", "tok/s/node", "tok/s/user",
-                     f"TTFT ms p50/{p_top}", f"TPOT ms p50/{p_top}", "ITL ms p50", "E2EL ms p50", "SATURATED"],
-                    client_rows)
+    lines += _table(header, client_rows)
+    server_header, server_rows = server_table(result)
     if server_rows:
         lines += ["", "the server's view (/metrics, deltas over each step; gauges mean / max):"]
-        lines += _table(["STEP", "GEN tok", "PROMPT tok", "REQUESTS", "PREEMPT", "PREFIX HIT", "RUNNING",
-                         "WAITING", "KV CACHE"], server_rows)
-    for s in result.steps:
-        for reason in s.saturation_reasons:
-            lines.append(f"  saturated at {s.step.label}: {reason}")
-        if s.token_count_mismatches:
-            lines.append(f"  {s.step.label}: {s.token_count_mismatches} request(s) where the server's token count "
-                         "differs from the streamed chunks (expected with speculative decoding)")
-        if s.short_outputs:
-            lines.append(f"  {s.step.label}: {s.short_outputs} request(s) ended before {s.step.output_len} tokens")
-        for sample in s.sample_errors:
-            lines.append(f"  {s.step.label}: error: {sample}")
-    if result.slo is not None:
-        slo = result.slo
-        limits = ", ".join(f"{k.removesuffix('_ms')} <= {v:g} ms" for k, v in slo.slo.to_dict().items() if v is not None)
-        if slo.best_step:
-            lines.append(f"SLO ({limits}, {slo.attainment:.0%} of requests): highest load meeting it: "
-                         f"{slo.best_step} at {slo.best_output_throughput:,.1f} output tok/s")
-        else:
-            lines.append(f"SLO ({limits}, {slo.attainment:.0%} of requests): no step met it")
+        lines += _table(server_header, server_rows)
+    lines += [("" if r.startswith("SLO") else "  ") + r for r in step_remarks(result)]
     lines += [f"note: {n}" for n in result.notes]
     if result.interrupted:
         lines.append("interrupted: the table holds what was measured before the interruption")
