@@ -86,7 +86,9 @@ def wait_until_ready(
     state = Readiness()
     for spec in specs:
         node = inventory.node(spec.node)
-        state.watches[spec.node] = NodeWatch(spec.node, spec.role, log_path(node, cluster, spec.role))
+        # keyed by node; a second process on a node (a router beside a replica) by node/role
+        key = spec.node if spec.node not in state.watches else f"{spec.node}/{spec.role}"
+        state.watches[key] = NodeWatch(spec.node, spec.role, log_path(node, cluster, spec.role))
     stages: dict[str, str | None] = {name: None for name in state.watches}
     last_news = time.monotonic()
     head = inventory.head.name
@@ -94,28 +96,35 @@ def wait_until_ready(
     def poll_nodes() -> None:
         """Read each node's new log lines and check its process is alive; report stage changes."""
         nonlocal last_news
+        per_node: dict[str, list[tuple[str, NodeWatch]]] = collections.defaultdict(list)
+        for key, w in state.watches.items():
+            per_node[w.node].append((key, w))
         outcomes = nodes.call_all(
-            lambda n: status_request(cluster, n, logs=(LogCursor(state.watches[n.name].path, state.watches[n.name].offset),)),
-            nodes=[inventory.node(name) for name in state.watches],
+            lambda n: status_request(cluster, n, logs=tuple(LogCursor(w.path, w.offset) for _, w in per_node[n.name])),
+            nodes=[inventory.node(name) for name in per_node],
             timeout_s=30,
         )
         for name, outcome in outcomes.items():
-            watch = state.watches[name]
             if outcome.error is not None:
-                raise NotReady(f"{name}: lost contact while vLLM was starting: {outcome.error}", node=name, watch=watch)
+                raise NotReady(f"{name}: lost contact while vLLM was starting: {outcome.error}", node=name,
+                               watch=per_node[name][0][1])
             reply = outcome.result()
-            for log in reply.logs:
-                watch.feed(log.data)
-                watch.offset = log.offset
-            record = reply.record(watch.role)
-            if record is None or not record.alive:
-                watch.alive = False
-                raise NotReady(f"{name}: vLLM exited during start-up", node=name, watch=watch)
-            stage = watch.report.stage
-            if stage != stages[name]:
-                stages[name] = stage
-                last_news = time.monotonic()
-                reporter.event(name, f"stage: {stage}")
+            chunks = {log.path: log for log in reply.logs}
+            for key, watch in per_node[name]:
+                log = chunks.get(watch.path)
+                if log is not None:
+                    watch.feed(log.data)
+                    watch.offset = log.offset
+                record = reply.record(watch.role)
+                if record is None or not record.alive:
+                    watch.alive = False
+                    what = "vllm-router" if watch.role == "router" else "vLLM"
+                    raise NotReady(f"{name}: {what} exited during start-up", node=name, watch=watch)
+                stage = watch.report.stage
+                if stage != stages[key]:
+                    stages[key] = stage
+                    last_news = time.monotonic()
+                    reporter.event(name, f"stage: {stage}" if key == name else f"{watch.role} stage: {stage}")
 
     while True:
         poll_nodes()
