@@ -114,16 +114,16 @@ def layout_fit(playbook: Playbook, nodes: int, gpus: int, inventory_path: str) -
     total = nodes * gpus
     sizes = _product_text(layout)
     if layout.gpus != total:
-        return [f"{playbook.path}: {sizes} = {layout.gpus}, but {inventory_path} has {nodes} node(s) x {gpus} GPU(s) "
-                f"= {total}; they must be equal"]
+        return [(f"{playbook.path}: {sizes} = {layout.gpus}, but {inventory_path} has {nodes} node(s) x {gpus} GPU(s) "
+                 f"= {total}; they must be equal")]
     instance = layout.tp * layout.pp
     if layout.dp > 1 and gpus % instance:
-        return [f"{playbook.path}: data_parallel_size: each engine (tensor_parallel_size x pipeline_parallel_size = "
-                f"{instance} GPUs) must fit inside one node of {gpus} GPU(s): vLLM's multi-node DP launch places "
-                "whole engines on nodes"]
+        return [(f"{playbook.path}: data_parallel_size: each engine (tensor_parallel_size x pipeline_parallel_size = "
+                 f"{instance} GPUs) must fit inside one node of {gpus} GPU(s): vLLM's multi-node DP launch places "
+                 "whole engines on nodes")]
     if layout.replicas > 1 and instance % gpus:
-        return [f"{playbook.path}: replicas: each replica (tensor_parallel_size x pipeline_parallel_size = {instance} "
-                f"GPUs) must use whole nodes of {gpus} GPU(s); several replicas on one node are not supported"]
+        return [(f"{playbook.path}: replicas: each replica (tensor_parallel_size x pipeline_parallel_size = {instance} "
+                 f"GPUs) must use whole nodes of {gpus} GPU(s); several replicas on one node are not supported")]
     return []
 
 

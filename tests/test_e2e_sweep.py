@@ -39,7 +39,7 @@ def interrupt_when(cmd: list[str], marker: str, timeout_s: float = 900) -> tuple
             break
         if time.monotonic() > deadline:
             break
-    rest, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     return proc.returncode, "".join(lines) + err
 
 

@@ -16,7 +16,14 @@ from sparkctl.layouts import layout_of, parse_layout
 from sparkctl.ops.sweep import SweepOptions, sweep
 from sparkctl.playbook import load_playbook
 from sparkctl.sweep.report import render_text
-from tests.test_lifecycle_fake import ALL_CHECKS, Events, fake, fast_polls, inventory, local_facts  # noqa: F401
+from tests.test_lifecycle_fake import (  # noqa: F401
+    ALL_CHECKS,
+    Events,
+    fake,
+    fast_polls,
+    inventory,
+    local_facts,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,10 +29,16 @@ from sparkctl.agent.protocol import ProcessRecord, StatusReply
 from sparkctl.backends.common import ProcessSpec, status_request
 from sparkctl.backends.dp import plan_dp
 from sparkctl.backends.mp import plan_mp
-from sparkctl.backends.replicas import ROUTER_ROLE, plan_replicas
 from sparkctl.backends.ray import ROLE as RAY_ROLE
 from sparkctl.backends.ray import RayPlan
-from sparkctl.backends.ray_cluster import RayNodeStop, launch_ray_backend, prepare_ray, ray_view, stop_ray
+from sparkctl.backends.ray_cluster import (
+    RayNodeStop,
+    launch_ray_backend,
+    prepare_ray,
+    ray_view,
+    stop_ray,
+)
+from sparkctl.backends.replicas import ROUTER_ROLE, plan_replicas
 from sparkctl.errors import SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import launch_specs

@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from sparkctl.agent.client import Connect, connect
 from sparkctl.bench.options import BenchOptions
-from sparkctl.bench.result import BenchResult, result_file
+from sparkctl.bench.result import BenchResult, result_file, save_result
 from sparkctl.errors import Interrupted, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.layouts import Layout, with_layout
@@ -139,9 +139,7 @@ def build_report(inventory: Inventory, playbook: Playbook, options: SweepOptions
         files = [dataclasses.replace(result_file(store.load(r.label), r.result_path or ""), name=r.label) for r in measured]
         plot = plot_results(files, options.plot, title=f"{inventory.cluster}: layouts compared")
     complete = all(r.status in ("measured", "measured earlier") for r in full)
-    report = SweepReport(inventory.cluster, options.output_dir, tuple(full), recommend(tuple(full)), tuple(notes),
+    result = SweepReport(inventory.cluster, options.output_dir, tuple(full), recommend(tuple(full)), tuple(notes),
                          plot, complete)
-    from sparkctl.bench.result import save_result
-
-    save_result(report.to_dict(), store.path("report.json"))
-    return report
+    save_result(result.to_dict(), store.path("report.json"))
+    return result
