@@ -307,10 +307,16 @@ def ray_command(playbook: Playbook) -> tuple[str, ...]:
     environment as vLLM, which imports it), else `ray` on the PATH."""
     if playbook.ray.command:
         return playbook.ray.command
+    return beside_vllm(playbook, "ray")
+
+
+def beside_vllm(playbook: Playbook, script: str) -> tuple[str, ...]:
+    """`script` in the folder of vLLM's interpreter or console script (where the
+    same environment installs it), else `script` on the PATH."""
     first = playbook.vllm_command[0]
     if os.path.isabs(first):
-        return (os.path.join(os.path.dirname(first), "ray"),)
-    return ("ray",)
+        return (os.path.join(os.path.dirname(first), script),)
+    return (script,)
 
 
 def check_against_inventory(playbook: Playbook, inventory: Inventory) -> list[str]:

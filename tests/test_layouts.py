@@ -189,6 +189,19 @@ def test_with_layout_replaces_only_the_sizes(tmp_path):
 
 
 # ---------------------------------------------------------------- lifecycle on the fake cluster
+def kill_routers_at_launch(fake) -> None:
+    """Every router the fake cluster launches exits at once (as one that cannot start would)."""
+    original = fake._launch
+
+    def router_dies(node, req):
+        reply = original(node, req)
+        if req.role == "router":
+            node.processes[req.record].alive = False
+        return reply
+
+    fake._launch = router_dies
+
+
 def test_replicas_up_starts_servers_and_router_readiness_through_it_and_down_stops_all(inventory, fake, tmp_path):
     from sparkctl.ops.up import up
 
@@ -216,15 +229,7 @@ def test_a_router_that_exits_during_start_up_is_named_and_everything_stops(inven
     path.write_text(f"model: {REPO / 'playbooks' / 'models' / 'tiny-llama'}\nserved_model_name: tiny\nreplicas: 2\n"
                     f"host: 127.0.0.1\nport: {fake.port}\nready_timeout_s: 30\nstop_grace_s: 1\n")
     fake.health_after_polls = 10**6
-    original = fake._launch
-
-    def router_dies(node, req):
-        reply = original(node, req)
-        if req.role == "router":
-            node.processes[req.record].alive = False
-        return reply
-
-    fake._launch = router_dies
+    kill_routers_at_launch(fake)
     with pytest.raises(NotReady, match="vllm-router exited during start-up"):
         up(inventory, load_playbook(str(path)), Events(), ignore_checks=ALL_CHECKS, connect=fake.connect,
            environ={})

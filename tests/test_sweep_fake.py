@@ -16,6 +16,7 @@ from sparkctl.layouts import layout_of, parse_layout
 from sparkctl.ops.sweep import SweepOptions, sweep
 from sparkctl.playbook import load_playbook
 from sparkctl.sweep.report import render_text
+from tests.test_layouts import kill_routers_at_launch
 from tests.test_lifecycle_fake import (  # noqa: F401
     ALL_CHECKS,
     Events,
@@ -143,15 +144,7 @@ def test_ctrl_c_during_a_bench_saves_the_partial_result_aside_and_stops_everythi
 
 def test_a_layout_that_fails_is_recorded_stopped_and_the_next_one_runs(inventory, fake, tmp_path):
     bench = StubBench(fake)
-    original = fake._launch
-
-    def router_dies(node, req):
-        reply = original(node, req)
-        if req.role == "router":
-            node.processes[req.record].alive = False
-        return reply
-
-    fake._launch = router_dies
+    kill_routers_at_launch(fake)
     report = run(inventory, fake, tmp_path, bench, layouts="replicas2,tp2")
     assert [r.status for r in report.layouts] == ["failed", "measured"] and not report.complete
     assert "vllm-router exited during start-up" in (report.layouts[0].error or "")

@@ -9,14 +9,13 @@ playbook's port: the one endpoint clients and readiness use.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from sparkctl.backends.common import ProcessSpec, serve_argv
 from sparkctl.backends.mp import vllm_env
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
-from sparkctl.playbook import Playbook
+from sparkctl.playbook import Playbook, beside_vllm
 
 ROUTER_ROLE = "router"
 
@@ -91,10 +90,7 @@ def router_command(playbook: Playbook) -> tuple[str, ...]:
     extra installs it into the same environment), else the one on the PATH."""
     if playbook.router.command:
         return playbook.router.command
-    first = playbook.vllm_command[0]
-    if os.path.isabs(first):
-        return (os.path.join(os.path.dirname(first), "vllm-router"),)
-    return ("vllm-router",)
+    return beside_vllm(playbook, "vllm-router")
 
 
 def router_spec(inventory: Inventory, playbook: Playbook, hosts: dict[str, HostPlan],
