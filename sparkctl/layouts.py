@@ -92,6 +92,21 @@ def with_layout(playbook: Playbook, layout: Layout) -> Playbook:
                                data_parallel_size=layout.dp, replicas=layout.replicas)
 
 
+def first_replica_port(playbook: Playbook) -> int:
+    return playbook.replica_port if playbook.replica_port is not None else playbook.port + 1
+
+
+def layout_ports(playbook: Playbook, index: int, gpus: int) -> tuple[int, ...]:
+    """The ports a layout adds on the node at `index` (head first): the DP RPC port
+    on the head; a replica's own port on the first node of its group."""
+    if playbook.data_parallel_size > 1 and index == 0:
+        return (playbook.data_parallel_rpc_port,)
+    if playbook.replicas > 1:
+        size = max(1, playbook.world_size // gpus)
+        return (first_replica_port(playbook) + index // size,) if index % size == 0 else ()
+    return ()
+
+
 def layout_problems(pb: PlaybookFile, loaded: LoadedYaml) -> list[Problem]:
     """The playbook's own layout rules, each located at its key."""
     problems: list[Problem] = []

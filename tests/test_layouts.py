@@ -234,3 +234,13 @@ def test_a_router_that_exits_during_start_up_is_named_and_everything_stops(inven
         up(inventory, load_playbook(str(path)), Events(), ignore_checks=ALL_CHECKS, connect=fake.connect,
            environ={})
     assert fake.running() == []
+
+
+def test_preflight_checks_the_ports_each_layout_listens_on():
+    from sparkctl.checks import ClusterSpec
+
+    inv = load_inventory(str(REPO / "inventories" / "local.yaml"))
+    ports = {name: {n.name: n.ports for n in ClusterSpec.from_config(inv, load_playbook(
+        str(REPO / "playbooks" / f"{name}.yaml"))).nodes} for name in ("tiny-cpu-replicas", "tiny-cpu-dp")}
+    assert ports["tiny-cpu-replicas"] == {"head": (8013, 29511, 8014), "worker": (8015,)}
+    assert ports["tiny-cpu-dp"] == {"head": (8013, 29511, 29550), "worker": ()}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sparkctl.backends.common import ProcessSpec, serve_argv
 from sparkctl.backends.mp import vllm_env
 from sparkctl.inventory import Inventory, Node
+from sparkctl.layouts import first_replica_port
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook, beside_vllm
 
@@ -33,10 +34,6 @@ class ReplicasPlan:
     groups: tuple[ReplicaGroup, ...]
     servers: tuple[ProcessSpec, ...]  # one `vllm serve` per node
     router: ProcessSpec
-
-
-def first_replica_port(playbook: Playbook) -> int:
-    return playbook.replica_port if playbook.replica_port is not None else playbook.port + 1
 
 
 def replica_groups(inventory: Inventory, playbook: Playbook, hosts: dict[str, HostPlan]) -> tuple[ReplicaGroup, ...]:
