@@ -159,3 +159,16 @@ def test_an_earlier_sweep_is_not_overwritten_and_resume_needs_the_same_bench(inv
     other = SweepOptions(**{**other.__dict__, "bench": BenchOptions(steps=other.bench.steps, num_prompts=99)})
     with pytest.raises(InputError, match="bench settings differ"):
         sweep(inventory, playbook_for(tmp_path, fake), other, Events(), StubBench(fake), environ={}, connect=fake.connect)
+
+
+def test_the_headline_names_the_light_load_and_the_heavy_load_winners():
+    from sparkctl.sweep.report import LayoutReport, Point, recommend
+
+    def layout(label, numbers):
+        return LayoutReport(label, "measured", tuple(Point(f"c={c}", c, u, t, t / 2, 50.0, 0) for c, (u, t) in numbers))
+
+    tp = layout("tp2", [(1, (40.0, 40.0)), (4, (30.0, 120.0)), (8, (20.0, 160.0))])
+    rep = layout("replicas2", [(1, (30.0, 30.0)), (4, (28.0, 112.0)), (8, (25.0, 200.0))])
+    assert recommend((tp, rep))[0] == ("up to c=4 tp2 gives the most tok/s per user (30.0); "
+                                       "from c=8 replicas2 gives the most output tok/s in total (200.0)")
+    assert recommend((tp,)) == ("measure at least two layouts to compare them",)

@@ -88,16 +88,31 @@ def points_of(document: dict[str, Any], layout: Layout, predictor: Predictor | N
 
 @dataclass
 class _Run:
-    """Consecutive steps won by the same layout."""
+    """Consecutive steps won by the same layout, with the winning values."""
 
     winner: str
     steps: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
 
 
+def _runs(by: dict[str, dict[str, Point]], steps: list[str], key: str) -> list[_Run]:
+    runs: list[_Run] = []
+    for step in steps:
+        values = {label: getattr(points[step], key) or 0.0 for label, points in by.items()}
+        winner = max(values, key=lambda label: values[label])
+        others = ", ".join(f"{label} {v:.1f}" for label, v in values.items() if label != winner)
+        if not runs or runs[-1].winner != winner:
+            runs.append(_Run(winner))
+        runs[-1].steps.append(step)
+        runs[-1].values.append(values[winner])
+        runs[-1].lines.append(f"{step}: {values[winner]:.1f} against {others}")
+    return runs
+
+
 def recommend(layouts: tuple[LayoutReport, ...]) -> tuple[str, ...]:
-    """Per step the layout with the most tok/s per user and the one with the most
-    output tok/s in total, grouped over consecutive steps into sentences."""
+    """A headline (the fastest replies at light load, the most throughput at heavy
+    load), then per metric which layout wins which steps, with the numbers."""
     measured = [r for r in layouts if r.points]
     if len(measured) < 2:
         return ("measure at least two layouts to compare them",)
@@ -105,18 +120,18 @@ def recommend(layouts: tuple[LayoutReport, ...]) -> tuple[str, ...]:
     if not steps:
         return ("the layouts share no step to compare (were they measured with the same bench flags?)",)
     by = {r.label: {p.step: p for p in r.points} for r in measured}
-    sentences = []
-    for what, key, unit in (("speed per user", "tok_s_per_user", "tok/s per user"),
-                            ("total throughput", "output_throughput", "output tok/s in total")):
-        runs: list[_Run] = []
-        for step in steps:
-            values = {label: getattr(points[step], key) or 0.0 for label, points in by.items()}
-            winner = max(values, key=lambda label: values[label])
-            others = ", ".join(f"{label} {v:.1f}" for label, v in values.items() if label != winner)
-            if not runs or runs[-1].winner != winner:
-                runs.append(_Run(winner))
-            runs[-1].steps.append(step)
-            runs[-1].lines.append(f"{step}: {values[winner]:.1f} against {others}")
+    user = _runs(by, steps, "tok_s_per_user")
+    total = _runs(by, steps, "output_throughput")
+    light, heavy = user[0], total[-1]
+    if len(user) == 1 and len(total) == 1 and light.winner == heavy.winner:
+        headline = (f"{light.winner} is best at every load measured, per user and in total "
+                    f"({light.values[0]:.1f} tok/s per user at {steps[0]}, {heavy.values[-1]:.1f} tok/s in total at {steps[-1]})")
+    else:
+        headline = (f"up to {light.steps[-1]} {light.winner} gives the most tok/s per user ({light.values[-1]:.1f}); "
+                    f"from {heavy.steps[0]} {heavy.winner} gives the most output tok/s in total ({heavy.values[0]:.1f}"
+                    + (f", {heavy.values[-1]:.1f} at {heavy.steps[-1]})" if len(heavy.steps) > 1 else ")"))
+    sentences = [headline]
+    for what, unit, runs in (("speed per user", "tok/s per user", user), ("total throughput", "output tok/s in total", total)):
         for run in runs:
             span = run.steps[0] if len(run.steps) == 1 else f"{run.steps[0]} to {run.steps[-1]}"
             sentences.append(f"for {what}, at {span} {run.winner} is best ({'; '.join(run.lines)} {unit})")
