@@ -98,12 +98,14 @@ def first_replica_port(playbook: Playbook) -> int:
 
 def layout_ports(playbook: Playbook, index: int, gpus: int) -> tuple[int, ...]:
     """The ports a layout adds on the node at `index` (head first): the DP RPC port
-    on the head; a replica's own port on the first node of its group."""
+    on the head; the router's metrics port on the head and a replica's own port on
+    the first node of its group."""
     if playbook.data_parallel_size > 1 and index == 0:
         return (playbook.data_parallel_rpc_port,)
     if playbook.replicas > 1:
         size = max(1, playbook.world_size // gpus)
-        return (first_replica_port(playbook) + index // size,) if index % size == 0 else ()
+        router = (playbook.router.metrics_port,) if index == 0 else ()
+        return router + ((first_replica_port(playbook) + index // size,) if index % size == 0 else ())
     return ()
 
 

@@ -107,6 +107,7 @@ class RouterSection(BaseModel):
 
     policy: Literal[ROUTER_POLICIES] = "round_robin"  # type: ignore[valid-type]
     command: list[Text] | None = Field(default=None, min_length=1)
+    metrics_port: Port = 29000  # the router's own Prometheus endpoint (its default), on 127.0.0.1
 
 
 class VllmSection(BaseModel):
@@ -174,6 +175,7 @@ class RouterSettings:
 
     policy: str = "round_robin"
     command: tuple[str, ...] | None = None
+    metrics_port: int = 29000
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,7 @@ def _resolve(pb: PlaybookFile, path: str) -> Playbook:
         router=RouterSettings(
             policy=pb.router.policy,
             command=tuple(_relative_to(base, part) for part in pb.router.command) if pb.router.command else None,
+            metrics_port=pb.router.metrics_port,
         ),
     )
 

@@ -162,7 +162,7 @@ def test_replicas_plan_one_server_per_node_and_the_router_on_the_head(tmp_path):
         assert "--headless" not in spec.argv and "--nnodes" not in spec.argv
         assert spec.argv[spec.argv.index("--tensor-parallel-size") + 1] == "1"
     router = plan.router
-    assert router.node == "a" and router.role == "router" and router.listen_ports == (8000,)
+    assert router.node == "a" and router.role == "router" and router.listen_ports == (8000, 29000)
     assert router.argv[0] == "/opt/v/bin/vllm-router"
     text = " ".join(router.argv)
     assert "--port 8000" in text and "--policy power_of_two" in text
@@ -242,5 +242,5 @@ def test_preflight_checks_the_ports_each_layout_listens_on():
     inv = load_inventory(str(REPO / "inventories" / "local.yaml"))
     ports = {name: {n.name: n.ports for n in ClusterSpec.from_config(inv, load_playbook(
         str(REPO / "playbooks" / f"{name}.yaml"))).nodes} for name in ("tiny-cpu-replicas", "tiny-cpu-dp")}
-    assert ports["tiny-cpu-replicas"] == {"head": (8013, 29511, 8014), "worker": (8015,)}
+    assert ports["tiny-cpu-replicas"] == {"head": (8013, 29511, 29000, 8014), "worker": (8015,)}
     assert ports["tiny-cpu-dp"] == {"head": (8013, 29511, 29550), "worker": ()}

@@ -98,10 +98,12 @@ def router_spec(inventory: Inventory, playbook: Playbook, hosts: dict[str, HostP
         "--host", playbook.host,
         "--port", str(playbook.port),
         "--policy", playbook.router.policy,
+        "--prometheus-host", "127.0.0.1",
+        "--prometheus-port", str(playbook.router.metrics_port),
         # the router waits for every replica before it serves; poll each second, not its default 30 s
         "--worker-startup-timeout-secs", str(int(playbook.ready_timeout_s)),
         "--worker-startup-check-interval", "1",
         "--worker-urls", *[g.url for g in groups],
     ]
     return ProcessSpec(node=head, role=ROUTER_ROLE, argv=tuple(argv), env=vllm_env(inventory, playbook, hosts[head], head),
-                       listen_ports=(playbook.port,))
+                       listen_ports=(playbook.port, playbook.router.metrics_port))
