@@ -26,7 +26,7 @@ $(STAMP_SYSTEM): scripts/install-system-deps.sh | $(BIN)/python
 
 $(STAMP_BASE): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,plot]'
+	$(BIN)/python -m pip install -q -e '.[test,plot,router]'
 	touch $@
 
 # vLLM for CPU runs on the nodes of the built-in local pair and the virtual cluster.

@@ -445,6 +445,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sparkctl.layouts import parse_layout
+    from sparkctl.ops.bench import bench, cluster_target
+    from sparkctl.ops.sweep import SweepOptions, check_layouts, sweep
+    from sparkctl.perf.hardware import hardware
+    from sparkctl.progress import LiveLine, NullLine
+    from sparkctl.sweep.report import render_text
+
+    options = _bench_options(args)
+    try:
+        layouts = tuple(parse_layout(text) for text in args.layouts.split(",") if text.strip())
+    except ValueError as exc:
+        raise InputError(f"--layouts: {exc}") from None
+    if len({layout.label for layout in layouts}) != len(layouts) or not layouts:
+        raise InputError(f"--layouts {args.layouts!r}: name each layout once")
+    hardware(args.hardware)  # an unknown preset fails now, not after the last layout
+    if args.plot:
+        from sparkctl.plotting import require_matplotlib
+
+        require_matplotlib()
+    inventory, playbook = _load(args, playbook="required")
+    problems = check_layouts(inventory, playbook, layouts)
+    if problems:
+        raise InputError("a layout does not fit the inventory", details=problems)
+    progress = NullLine() if args.quiet else LiveLine(sys.stderr)
+
+    def measure(inv: Any, pb: Any) -> Any:
+        target, cluster = cluster_target(inv, pb, os.environ, args.api_key_env)
+        return bench(target, options, progress, cluster, inventory=inv)
+
+    sweep_options = SweepOptions(layouts=layouts, bench=options, output_dir=args.output_dir or f"sweep-{inventory.cluster}",
+                                 resume=args.resume, hardware=args.hardware, ignore_checks=frozenset(args.ignore_check),
+                                 plot=args.plot)
+    report = sweep(inventory, playbook, sweep_options, _reporter(args), measure)
+    _emit(args, report.to_dict, lambda: render_text(report))
+    return 0 if report.complete else int(ExitCode.FAILED)
+
+
 def cmd_bench_compare(args: argparse.Namespace) -> int:
     from sparkctl.bench.report import compare_text
     from sparkctl.bench.result import load_result
@@ -650,13 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nccl-tests: the link's expected bus bandwidth in GB/s (default 22, a Spark pair)")
     p.set_defaults(handler=cmd_doctor)
 
-    p = sub.add_parser("bench", parents=[common, inv, pb, quiet, report],
-                       help="serving benchmark of the cluster's endpoint (or --url): TTFT/TPOT/ITL, throughput, the server's view")
-    p.add_argument("--url", help="benchmark this OpenAI-compatible endpoint instead of the inventory's (e.g. http://host:8000)")
-    p.add_argument("--model", help="the served model name (default: the playbook's, or the only model the endpoint serves)")
-    p.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME",
-                   help="environment variable holding the API key, if the endpoint needs one (default VLLM_API_KEY)")
-    p.add_argument("--nodes", type=int, default=1, help="with --url: nodes behind the endpoint, for tok/s per node (default 1)")
+    # the load ladder, shared by `bench` and `sweep` (read by _bench_options)
+    load = argparse.ArgumentParser(add_help=False)
+    p = load
     p.add_argument("--concurrency", metavar="N,N,...", help="closed loop: keep exactly N requests in flight, one step per N (default 1,2,4,8)")
     p.add_argument("--request-rate", metavar="R,R,...", help="open loop: arrivals per second (Poisson unless --burstiness), one step per rate")
     p.add_argument("--burstiness", type=float, default=1.0, help="open loop: gamma shape of the arrivals (1 = Poisson; lower is burstier)")
@@ -673,6 +707,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="PATH", help="a tokenizer.json or model folder for prompt lengths when the server has no /tokenize")
     p.add_argument("--percentiles", metavar="P,P,...", help="extra percentiles, e.g. 50,90,99 (p99 is always reported)")
     p.add_argument("--slo", metavar="ttft=MS,tpot=MS,e2el=MS", help="SLOs for goodput; the report names the highest load meeting them")
+
+    p = sub.add_parser("bench", parents=[common, inv, pb, quiet, load, report],
+                       help="serving benchmark of the cluster's endpoint (or --url): TTFT/TPOT/ITL, throughput, the server's view")
+    p.add_argument("--url", help="benchmark this OpenAI-compatible endpoint instead of the inventory's (e.g. http://host:8000)")
+    p.add_argument("--model", help="the served model name (default: the playbook's, or the only model the endpoint serves)")
+    p.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME",
+                   help="environment variable holding the API key, if the endpoint needs one (default VLLM_API_KEY)")
+    p.add_argument("--nodes", type=int, default=1, help="with --url: nodes behind the endpoint, for tok/s per node (default 1)")
     p.add_argument("--save-result", metavar="FILE.json", help="write the result document (also when interrupted)")
     p.add_argument("--plot", metavar="FILE.png", help="Pareto chart and latency against load (needs matplotlib)")
     p.set_defaults(handler=cmd_bench)
@@ -682,6 +724,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", metavar="RESULT.json", help="result files")
     p.add_argument("--plot", metavar="FILE.png", help="overlaid Pareto chart (needs matplotlib)")
     p.set_defaults(handler=cmd_bench_compare)
+
+    p = sub.add_parser("sweep", parents=[common, inv, pb, quiet, load],
+                       help="for each layout: up, the bench ladder, down; then the layouts compared, with a recommendation")
+    p.add_argument("--layouts", required=True, metavar="L,L,...", help="layouts to measure, e.g. tp2,dp2,replicas2")
+    p.add_argument("--output-dir", metavar="DIR", help="where each layout's result is saved (default sweep-<cluster>)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --output-dir with the layouts not yet measured")
+    p.add_argument("--plot", metavar="FILE.png", help="every layout's Pareto chart overlaid (needs matplotlib)")
+    p.add_argument("--hardware", default="gb10", help="explain's hardware preset for the predictions (default gb10)")
+    p.add_argument("--ignore-check", action="append", default=[], metavar="ID", help="start each layout despite this failed check (or all)")
+    p.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME", help="environment variable holding the API key (default VLLM_API_KEY)")
+    p.set_defaults(handler=cmd_sweep)
 
     p = sub.add_parser("explain", parents=[common, inv, pb],
                        help="predict decode/prefill speed from config.json, say what bounds it, name misconfigurations")
@@ -706,8 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="only this node")
     p.add_argument("-n", "--lines", type=positive_int, default=50, help="lines per node (default 50)")
     # The role names a file on the node: only the roles sparkctl writes logs for.
-    p.add_argument("--role", default="vllm", choices=["vllm", "ray", "probe", "job"],
-                   help="whose log: vllm (default), ray, probe or job")
+    p.add_argument("--role", default="vllm", choices=["vllm", "router", "ray", "probe", "job"],
+                   help="whose log: vllm (default), router, ray, probe or job")
     p.set_defaults(handler=cmd_logs)
 
     p = sub.add_parser("init", parents=[common, quiet],

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sparkctl.inventory import Inventory
+from sparkctl.layouts import layout_fit, layout_problems
 from sparkctl.strictyaml import LoadedYaml, Problem
 from sparkctl.validation import (
     Env,
@@ -44,11 +46,26 @@ RESERVED_VLLM_FLAGS = {
     "--port": "port",
     "--served-model-name": "served_model_name",
     "--distributed-executor-backend": "backend",
+    "--data-parallel-size": "data_parallel_size",
+    "-dp": "data_parallel_size",
+    "--data-parallel-size-local": "data_parallel_size and the inventory's GPUs per node",
+    "-dpl": "data_parallel_size and the inventory's GPUs per node",
+    "--data-parallel-start-rank": "the inventory's node order",
+    "-dpr": "the inventory's node order",
+    "--data-parallel-address": "the inventory's head node",
+    "-dpa": "the inventory's head node",
+    "--data-parallel-rpc-port": "data_parallel_rpc_port",
+    "-dpp": "data_parallel_rpc_port",
     "--api-key": "forward_env: [VLLM_API_KEY] (keeps the key out of argv)",
     "--hf-token": "forward_env: [HF_TOKEN] (keeps the token out of argv)",
 }
 
 SERVING_BACKENDS = ("mp", "ray")
+
+# vllm-router 0.1.17's --policy choices; power_of_two is its least-load policy
+# (the less loaded of two random workers), cache_aware its prefix-affinity one.
+ROUTER_POLICIES = ("round_robin", "power_of_two", "cache_aware", "random", "consistent_hash",
+                   "sticky_least_loaded", "kv_aware")
 
 # `ray start` flags that sparkctl sets itself (per node, from the inventory and
 # the `ray:` keys); passing them in ray.extra_args would contradict the plan.
@@ -127,6 +144,16 @@ class RaySection(BaseModel):
     join_timeout_s: float = Field(default=180.0, gt=0, le=3600)
 
 
+class RouterSection(BaseModel):
+    """`router:`: the vllm-router in front of `replicas` (ignored otherwise)."""
+
+    model_config = _STRICT
+
+    policy: Literal[ROUTER_POLICIES] = "round_robin"  # type: ignore[valid-type]
+    command: list[Text] | None = Field(default=None, min_length=1)
+    metrics_port: Port = 29000  # the router's own Prometheus endpoint (its default), on 127.0.0.1
+
+
 class VllmSection(BaseModel):
     model_config = _STRICT
 
@@ -142,6 +169,12 @@ class PlaybookFile(BaseModel):
     backend: str = "mp"
     tensor_parallel_size: int = Field(default=1, ge=1, le=1024)
     pipeline_parallel_size: int = Field(default=1, ge=1, le=1024)
+    data_parallel_size: int = Field(default=1, ge=1, le=1024)
+    enable_expert_parallel: bool = False
+    data_parallel_rpc_port: Port = 29550
+    replicas: int = Field(default=1, ge=1, le=1024)
+    replica_port: Port | None = None
+    router: RouterSection = Field(default_factory=RouterSection)
     host: Host = "0.0.0.0"
     port: Port = 8000
     master_port: Port = 29501
@@ -181,6 +214,15 @@ class RaySettings:
 
 
 @dataclass(frozen=True)
+class RouterSettings:
+    """The resolved `router:` section; `command` None means the `vllm-router` next to vLLM's Python."""
+
+    policy: str = "round_robin"
+    command: tuple[str, ...] | None = None
+    metrics_port: int = 29000
+
+
+@dataclass(frozen=True)
 class Playbook:
     path: str
     model: str
@@ -198,10 +240,21 @@ class Playbook:
     ready_timeout_s: float
     stop_grace_s: float
     ray: RaySettings = field(default_factory=RaySettings)
+    data_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    data_parallel_rpc_port: int = 29550
+    replicas: int = 1
+    replica_port: int | None = None  # the first replica's port; None: port + 1
+    router: RouterSettings = field(default_factory=RouterSettings)
 
     @property
     def world_size(self) -> int:
+        """GPUs of one model instance (one DP engine, one replica)."""
         return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def gpus_used(self) -> int:
+        return self.world_size * self.data_parallel_size * self.replicas
 
     @property
     def model_is_path(self) -> bool:
@@ -229,6 +282,7 @@ def _semantic_problems(pb: PlaybookFile, loaded: LoadedYaml) -> list[Problem]:
             loaded.problem(("ray", "gcs_port"), f"{pb.ray.gcs_port} is inside Ray's worker port range 10002-19999; "
                            "choose a port outside it (the default is 6379)")
         )
+    problems += layout_problems(pb, loaded)
     for i, name in enumerate(pb.forward_env):
         if name in pb.env:
             problems.append(loaded.problem(("forward_env", i), f"{name} is also set in env; keep secrets only in forward_env"))
@@ -271,6 +325,16 @@ def _resolve(pb: PlaybookFile, path: str) -> Playbook:
             extra_args=tuple(pb.ray.extra_args),
             join_timeout_s=pb.ray.join_timeout_s,
         ),
+        data_parallel_size=pb.data_parallel_size,
+        enable_expert_parallel=pb.enable_expert_parallel,
+        data_parallel_rpc_port=pb.data_parallel_rpc_port,
+        replicas=pb.replicas,
+        replica_port=pb.replica_port,
+        router=RouterSettings(
+            policy=pb.router.policy,
+            command=tuple(_relative_to(base, part) for part in pb.router.command) if pb.router.command else None,
+            metrics_port=pb.router.metrics_port,
+        ),
     )
 
 
@@ -287,10 +351,16 @@ def ray_command(playbook: Playbook) -> tuple[str, ...]:
     environment as vLLM, which imports it), else `ray` on the PATH."""
     if playbook.ray.command:
         return playbook.ray.command
+    return beside_vllm(playbook, "ray")
+
+
+def beside_vllm(playbook: Playbook, script: str) -> tuple[str, ...]:
+    """`script` in the folder of vLLM's interpreter or console script (where the
+    same environment installs it), else `script` on the PATH."""
     first = playbook.vllm_command[0]
     if os.path.isabs(first):
-        return (os.path.join(os.path.dirname(first), "ray"),)
-    return ("ray",)
+        return (os.path.join(os.path.dirname(first), script),)
+    return (script,)
 
 
 def check_against_inventory(playbook: Playbook, inventory: Inventory) -> list[str]:
@@ -298,11 +368,7 @@ def check_against_inventory(playbook: Playbook, inventory: Inventory) -> list[st
     problems: list[str] = []
     nodes = len(inventory.nodes)
     gpus = inventory.nodes[0].gpus
-    if playbook.world_size != nodes * gpus:
-        problems.append(
-            f"{playbook.path}: tensor_parallel_size x pipeline_parallel_size = {playbook.world_size}, but "
-            f"{inventory.path} has {nodes} node(s) x {gpus} GPU(s) = {nodes * gpus}; they must be equal"
-        )
+    problems += layout_fit(playbook, nodes, gpus, inventory.path)
     declared = playbook.ray.num_gpus_per_node
     if playbook.backend == "ray" and declared is not None and declared * nodes != playbook.world_size:
         problems.append(

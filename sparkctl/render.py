@@ -39,6 +39,14 @@ def validated(inventory: Inventory, playbook: Playbook | None) -> dict[str, Any]
     return summary
 
 
+def _copies(playbook: Playbook) -> str:
+    if playbook.replicas > 1:
+        return f", {playbook.replicas} replicas behind vllm-router (policy {playbook.router.policy})"
+    if playbook.data_parallel_size > 1:
+        return f", data parallel {playbook.data_parallel_size}"
+    return ""
+
+
 def validate_text(inventory: Inventory, playbook: Playbook | None) -> str:
     nodes = ", ".join(f"{n.name} ({n.role}, {n.connection})" for n in inventory.nodes)
     lines = [f"{inventory.path}: ok: cluster {inventory.cluster}, {len(inventory.nodes)} node(s): {nodes}"]
@@ -46,6 +54,7 @@ def validate_text(inventory: Inventory, playbook: Playbook | None) -> str:
         lines.append(
             f"{playbook.path}: ok: {playbook.served_model_name} ({playbook.model}), backend {playbook.backend}, "
             f"TP={playbook.tensor_parallel_size} x PP={playbook.pipeline_parallel_size} across {len(inventory.nodes)} node(s)"
+            + _copies(playbook)
         )
     return "\n".join(lines)
 

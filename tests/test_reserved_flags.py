@@ -41,9 +41,15 @@ def test_the_secret_from_the_issue_never_reaches_the_playbook(tmp_path):
 
 
 @pytest.mark.parametrize("arg", ["--max-model-len", "--max_model_len=4096", "--gpu-memory-utilization=0.8",
-                                 "-q", "-O3", "-dp", "4096", "-1", "--enforce-eager", "--hf-overrides.x", "--portable"])
+                                 "-q", "-O3", "4096", "-1", "--enforce-eager", "--hf-overrides.x", "--portable"])
 def test_other_options_and_values_pass(arg):
     assert reserved_flag(arg, RESERVED_VLLM_FLAGS) is None
+
+
+def test_data_parallel_flags_are_sparkctls_now():
+    """The data-parallel layout sets them (playbook data_parallel_size): -dp is --data-parallel-size."""
+    assert reserved_flag("-dp", RESERVED_VLLM_FLAGS) is not None
+    assert reserved_flag("--data_parallel_size=2", RESERVED_VLLM_FLAGS) is not None
 
 
 @pytest.mark.parametrize(

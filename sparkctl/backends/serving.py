@@ -14,9 +14,9 @@ Teardown on failure has one owner at a time:
   * once `launch` has returned, the caller owns the cluster: `up` calls `stop`
     when readiness fails or the user interrupts, and `down` calls it on request.
 
-A further layout (data-parallel replicas, replicas behind a router) is one more
-implementation: its plan is the ProcessSpecs each node runs (the convergence
-check compares them by digest) plus whatever its launch needs.
+The further layouts (DpBackend: vLLM's data parallel; ReplicasBackend: replicas
+behind vllm-router) are mp launches with other plans: their plan is the
+ProcessSpecs each node runs (the convergence check compares them by digest).
 """
 
 from __future__ import annotations
@@ -26,10 +26,18 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from sparkctl.agent.client import AgentClient
 from sparkctl.agent.protocol import ProcessRecord, StatusReply
+from sparkctl.backends.dp import plan_dp
 from sparkctl.backends.mp import plan_mp
 from sparkctl.backends.ray import ROLE as RAY_ROLE
 from sparkctl.backends.ray import RayPlan
-from sparkctl.backends.ray_cluster import RayNodeStop, launch_ray_backend, prepare_ray, ray_view, stop_ray
+from sparkctl.backends.ray_cluster import (
+    RayNodeStop,
+    launch_ray_backend,
+    prepare_ray,
+    ray_view,
+    stop_ray,
+)
+from sparkctl.backends.replicas import ROUTER_ROLE, plan_replicas
 from sparkctl.errors import SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import launch_specs
@@ -135,11 +143,53 @@ class RayBackend:
         return results
 
 
+class DpBackend(MpBackend):
+    """vLLM's multi-node data parallel: the API server and engines on the head,
+    `--headless` engines elsewhere (backends/dp.py); started and stopped like mp."""
+
+    name = "dp"
+
+    def plan(self, nodes: AgentClient, hosts: dict[str, HostPlan], reporter: Reporter) -> ServePlan:
+        playbook = _required(self.playbook)
+        return ServePlan(tuple(plan_dp(self.inventory, playbook, hosts)), playbook.data_parallel_rpc_port)
+
+
+class ReplicasBackend(MpBackend):
+    """Independent `vllm serve` per node group, vllm-router on the head as the one
+    endpoint (backends/replicas.py). The router is one more tagged process, so
+    `stop` (mp's: everything with the cluster's tag) and `status` cover it."""
+
+    name = "replicas"
+
+    def plan(self, nodes: AgentClient, hosts: dict[str, HostPlan], reporter: Reporter) -> ServePlan:
+        playbook = _required(self.playbook)
+        plan = plan_replicas(self.inventory, playbook, hosts)
+        for group in plan.groups:
+            reporter.event(group.nodes[0], f"replica {group.index} on {', '.join(group.nodes)} at {group.url}")
+        return ServePlan((*plan.servers, plan.router), playbook.master_port)
+
+    def launch(self, nodes: AgentClient, plan: ServePlan, secrets: dict[str, str], reporter: Reporter) -> Launched:
+        servers = [s for s in plan.specs if s.role != ROUTER_ROLE]
+        router = [s for s in plan.specs if s.role == ROUTER_ROLE]
+        try:  # one process per node per call: the servers, then the router beside the head's server
+            processes = launch_specs(nodes, self.inventory, servers, reporter, secrets=secrets)
+            launch_specs(nodes, self.inventory, router, reporter)
+        except (SparkctlError, KeyboardInterrupt):
+            stop_all(nodes, self.inventory, grace_s=10, ports={}, reporter=reporter)
+            raise
+        return Launched(processes, plan.specs)
+
+
 BACKENDS: dict[str, type[MpBackend] | type[RayBackend]] = {"mp": MpBackend, "ray": RayBackend}
 
 
 def backend_for(inventory: Inventory, playbook: Playbook) -> MpBackend | RayBackend:
-    """The backend the playbook asks for: the one place `playbook.backend` is read."""
+    """The backend the playbook asks for: the one place `playbook.backend` is read
+    (the layout keys pick the mp-based layouts)."""
+    if playbook.replicas > 1:
+        return ReplicasBackend(inventory, playbook)
+    if playbook.data_parallel_size > 1:
+        return DpBackend(inventory, playbook)
     return BACKENDS[playbook.backend](inventory, playbook)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
+from sparkctl.layouts import layout_ports
+
 if TYPE_CHECKING:  # imported lazily so the checks stay usable without pydantic models
     from sparkctl.inventory import Inventory
     from sparkctl.playbook import Playbook
@@ -75,12 +77,15 @@ class ClusterSpec:
     def from_config(cls, inventory: Inventory, playbook: Playbook | None = None) -> ClusterSpec:
         multi = len(inventory.nodes) > 1
         nodes = []
+        ordered = [inventory.head, *inventory.workers]
         for n in inventory.nodes:
             ports: tuple[int, ...] = ()
             if playbook is not None and n.is_head:
                 # Ray's GCS port is not listed: `up` moves to the next free one when it is taken.
                 rendezvous = multi and playbook.backend == "mp"
                 ports = (playbook.port,) + ((playbook.master_port,) if rendezvous else ())
+            if playbook is not None:
+                ports += layout_ports(playbook, ordered.index(n), n.gpus)
             nodes.append(NodeSpec(name=n.name, role=n.role, host=n.host, fabric_ip=n.fabric_ip, gpus=n.gpus,
                                   env=dict(n.env), ports=ports))
         kwargs: dict = {}

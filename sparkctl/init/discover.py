@@ -14,13 +14,12 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from sparkctl.agent.client import connect
 from sparkctl.checks import ClusterSpec
 from sparkctl.checks.fabric import fabric_of, interface_for, ipv4_map, is_ip, natural_key, section
 from sparkctl.errors import ConnectionFailed, OperationFailed
 from sparkctl.inventory import Fabric, Inventory, Node, SshSettings
 from sparkctl.ops.check import gather_facts
-from sparkctl.ops.nodes import Nodes
-from sparkctl.remote.session import NodeSession
 
 CX7_NETDEV = re.compile(r"^en(P\d+)?p\d+s\d+f\d+np(\d+)$")
 NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -96,8 +95,8 @@ def provisional_inventory(target: Target, names: tuple[str, ...] | None = None,
 def discover(target: Target) -> Discovery:
     inventory = provisional_inventory(target)
     spec = ClusterSpec.from_config(inventory, None)
-    with NodeSession(inventory) as session:
-        facts = gather_facts(Nodes(inventory, session), spec, inventory)
+    with connect(inventory) as nodes:
+        facts = gather_facts(nodes, spec, inventory)
     if facts.unreachable:
         errors = list(facts.unreachable.values())
         raise ConnectionFailed("could not log into " + ", ".join(n.host for n in inventory.nodes

@@ -20,7 +20,6 @@ from sparkctl.ops.check import run_check
 from sparkctl.progress import Reporter
 from sparkctl.remote.result import NodeUnavailable
 
-
 # check areas whose FAILs make init fail; the others (versions, model, memory) are for `up` to
 # need and are printed as what is left to do
 FABRIC_AREAS = ("facts", "rdma", "net", "env")

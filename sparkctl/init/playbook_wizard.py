@@ -9,6 +9,7 @@ import os
 from datetime import datetime
 from typing import Any, Callable
 
+from sparkctl.agent.client import connect
 from sparkctl.checks import ClusterSpec
 from sparkctl.checks.fabric import section
 from sparkctl.errors import InputError, OperationFailed
@@ -16,16 +17,14 @@ from sparkctl.init.sizing import Layout, ModelSize, estimate_layout, model_size
 from sparkctl.init.write_inventory import write_checked
 from sparkctl.inventory import Inventory, load_inventory
 from sparkctl.ops.check import reachable_facts
-from sparkctl.ops.nodes import Nodes
 from sparkctl.playbook import check_against_inventory, load_playbook
-from sparkctl.remote.session import NodeSession
 
 
 def node_memory(inventory: Inventory) -> int:
     """The smallest node's total memory, from the facts `check` gathers."""
     spec = ClusterSpec.from_config(inventory, None)
-    with NodeSession(inventory) as session:
-        facts = reachable_facts(Nodes(inventory, session), spec, inventory)
+    with connect(inventory) as nodes:
+        facts = reachable_facts(nodes, spec, inventory)
     totals = [(section(f, "memory") or {}).get("mem_total_bytes") for f in facts.by_node.values()]
     if not all(isinstance(t, int) and t > 0 for t in totals):
         raise OperationFailed("a node did not report its memory", details=[str(t) for t in totals])

@@ -19,6 +19,7 @@ class WatchedLog:
     role: str
     path: str
     max_chars: int
+    key: str = ""  # how LogWatch.logs names it: the node, or node/role for a second process there
     offset: int = 0
     text: str = ""  # the last max_chars of the log
     new: str = ""  # what the last poll added
@@ -38,8 +39,10 @@ class WatchedLog:
 
 @dataclass
 class LogWatch:
-    """Watches one process (role) per node; `scope` is the tag prefix's role
-    (None: everything of the cluster on the node)."""
+    """Watches processes (roles) on nodes, usually one per node (keyed by the node; a
+    second one on a node, a router beside a replica, by node/role); `scope` is the tag
+    prefix's role (None: everything of the cluster on the node). One status call per
+    node and poll, whatever it watches there."""
 
     nodes: AgentClient
     inventory: Inventory
@@ -50,29 +53,41 @@ class LogWatch:
     def of(cls, nodes: AgentClient, inventory: Inventory, roles: dict[str, str], *, scope: str | None = None,
            max_chars: int = 256 * 1024) -> LogWatch:
         """roles: node -> the role whose log and record to watch there."""
-        logs = {name: WatchedLog(name, role, log_path(inventory.node(name), inventory.cluster, role), max_chars)
-                for name, role in roles.items()}
+        return cls.of_processes(nodes, inventory, list(roles.items()), scope=scope, max_chars=max_chars)
+
+    @classmethod
+    def of_processes(cls, nodes: AgentClient, inventory: Inventory, processes: list[tuple[str, str]], *,
+                     scope: str | None = None, max_chars: int = 256 * 1024) -> LogWatch:
+        """processes: (node, role) pairs, several per node if need be."""
+        logs: dict[str, WatchedLog] = {}
+        for name, role in processes:
+            key = name if name not in logs else f"{name}/{role}"
+            logs[key] = WatchedLog(name, role, log_path(inventory.node(name), inventory.cluster, role), max_chars, key=key)
         return cls(nodes, inventory, logs, scope)
 
     def poll(self, names: list[str] | None = None) -> list[WatchedLog]:
-        """One status round on the named nodes (default: all); every node's
-        outcome is recorded (error set when it did not answer), nothing raised."""
-        targets = list(self.logs) if names is None else names
+        """One status round on the nodes of the named logs (default: all); every
+        outcome is recorded (error set when the node did not answer), nothing raised."""
+        targets = [self.logs[key] for key in (list(self.logs) if names is None else names)]
+        by_node: dict[str, list[WatchedLog]] = {}
+        for watched in targets:
+            by_node.setdefault(watched.node, []).append(watched)
         outcomes = self.nodes.call_all(
             lambda n: status_request(self.inventory.cluster, n, self.scope,
-                                     logs=(LogCursor(self.logs[n.name].path, self.logs[n.name].offset),)),
-            nodes=[self.inventory.node(name) for name in targets],
+                                     logs=tuple(LogCursor(w.path, w.offset) for w in by_node[n.name])),
+            nodes=[self.inventory.node(name) for name in by_node],
             timeout_s=30,
         )
-        polled = []
-        for name in targets:
-            watched, outcome = self.logs[name], outcomes[name]
-            watched.new, watched.error = "", outcome.error
-            if outcome.value is not None:
-                for chunk in outcome.value.logs:
-                    watched.new += chunk.data
-                    watched.offset = chunk.offset
-                watched.text = (watched.text + watched.new)[-watched.max_chars:]
-                watched.record = outcome.value.record(watched.role)
-            polled.append(watched)
-        return polled
+        for name, watched_here in by_node.items():
+            outcome = outcomes[name]
+            # the agent answers the cursors in the order they were asked (it names paths expanded: ~ -> home)
+            chunks = outcome.value.logs if outcome.value is not None else ()
+            for i, watched in enumerate(watched_here):
+                watched.new, watched.error = "", outcome.error
+                if outcome.value is not None:
+                    if i < len(chunks):
+                        watched.new = chunks[i].data
+                        watched.offset = chunks[i].offset
+                    watched.text = (watched.text + watched.new)[-watched.max_chars:]
+                    watched.record = outcome.value.record(watched.role)
+        return targets

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 # how a verdict or a finding reads: "ok" (green), "warn" (amber), "fail" (red), "info" (grey)
 TONES = ("ok", "warn", "fail", "info")
@@ -46,7 +45,7 @@ class Text:
     lines: tuple[str, ...]
 
 
-Block = Union[Table, Image, Text, tuple[Finding, ...]]
+Block = Table | Image | Text | tuple[Finding, ...]
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,8 @@ class _Wait:
 
     def __init__(self, nodes: AgentClient, inventory: Inventory, specs: list[ProcessSpec], endpoint: Endpoint,
                  served_model_name: str, reporter: Reporter):
-        self.watch = LogWatch.of(nodes, inventory, {spec.node: spec.role for spec in specs}, scope=None)
+        # a node may run two processes (a router beside a replica): each is watched
+        self.watch = LogWatch.of_processes(nodes, inventory, [(spec.node, spec.role) for spec in specs], scope=None)
         self.state = Readiness(watches={name: NodeWatch(log) for name, log in self.watch.logs.items()})
         self.stages: dict[str, str | None] = {name: None for name in self.state.watches}
         self.endpoint = endpoint
@@ -125,18 +126,19 @@ class _Wait:
     def poll_nodes(self) -> None:
         """Read each node's new log lines and check its process is alive; report stage changes."""
         for log in self.watch.poll():
-            watch = self.state.watches[log.node]
+            watch = self.state.watches[log.key]
             if log.error is not None:
                 raise NotReady(f"{log.node}: lost contact while vLLM was starting: {log.error}", node=log.node,
                                watch=watch)
             watch.feed(log.new)
             if not log.alive:
-                raise NotReady(f"{log.node}: vLLM exited during start-up", node=log.node, watch=watch)
+                what = "vllm-router" if log.role == "router" else "vLLM"
+                raise NotReady(f"{log.node}: {what} exited during start-up", node=log.node, watch=watch)
             stage = watch.report.stage
-            if stage != self.stages[log.node]:
-                self.stages[log.node] = stage
+            if stage != self.stages[log.key]:
+                self.stages[log.key] = stage
                 self.last_news = time.monotonic()
-                self.reporter.event(log.node, f"stage: {stage}")
+                self.reporter.event(log.node, f"stage: {stage}" if log.key == log.node else f"{log.role} stage: {stage}")
 
     def poll_endpoint(self, deadline: float) -> bool:
         """True once /health, /v1/models and one completion all succeeded."""
