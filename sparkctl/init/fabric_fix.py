@@ -179,7 +179,8 @@ def fix_text(plan: FabricPlan, netplan_dir: str) -> str:
         if not fix.changes:
             lines.append(f"\n{fix.name} ({fix.host}): nothing to change")
             continue
-        lines.append(f"\n{fix.name} ({fix.host}): persistent, {netplan_dir.rstrip('/')}/{NETPLAN_FILE} (then "
+        folder = netplan_dir.replace("{node}", fix.name).rstrip("/")
+        lines.append(f"\n{fix.name} ({fix.host}): persistent, {folder}/{NETPLAN_FILE} (then "
                      "`sudo netplan apply`, or reboot):")
         lines += ["    " + line for line in netplan_yaml(fix).splitlines()]
         lines.append("  for the current boot:")
