@@ -105,7 +105,8 @@ def apply_fabric(inventory: Inventory, plan: FabricPlan, reporter: Reporter, *, 
 def _verify(session: NodeSession, inventory: Inventory, plan: FabricPlan) -> list[str]:
     """Every twin reaches its mate on every other node: a small ping, then one at the full MTU with DF set."""
     fixes = {f.name: f for f in plan.nodes}
-    lines, failures = [], []
+    lines: list[str] = []
+    failures: list[str] = []
     for node in inventory.nodes:
         for k, twin in enumerate(fixes[node.name].twins):
             for peer in inventory.nodes:
@@ -130,7 +131,6 @@ def _ping(session: NodeSession, node: Node, argv: list[str]) -> tuple[bool, str]
         result = session.runner(node).run(argv, timeout_s=30)
         if result.ok:
             return True, ""
-        tail = (result.text() + result.error_text()).strip().splitlines()[-1:] or [f"exit {result.returncode}"]
-        tail = tail[0]
+        tail = ((result.text() + result.error_text()).strip().splitlines()[-1:] or [f"exit {result.returncode}"])[0]
         time.sleep(0.5 * (attempt + 1))
     return False, tail

@@ -66,7 +66,8 @@ def fetch(host: str, port: int, user: str, known_hosts: str, timeout_s: float) -
     if os.path.exists(known_hosts):
         known.load(known_hosts)
     name = host if port == 22 else f"[{host}]:{port}"
-    recorded = (known.lookup(name) or {}).get(key.get_name())
+    entry = known.lookup(name)
+    recorded = entry.get(key.get_name()) if entry is not None else None
     if recorded is None:
         state = KeyState.UNKNOWN
     else:
@@ -91,7 +92,8 @@ def settle(keys: list[HostKey], known_hosts: str, *, accept_new: bool,
             "host key changed: " + ", ".join(f"{k.entry_name} now offers {k.key_type} {k.fingerprint}" for k in changed),
             hint=hint_for(SshFailure.HOST_KEY_CHANGED, host=first.host, port=first.port, user="USER",
                           known_hosts=known_hosts))
-    accepted, refused = [], []
+    accepted: list[HostKey] = []
+    refused: list[HostKey] = []
     for key in (k for k in keys if k.state is KeyState.UNKNOWN):
         (accepted if accept_new or (ask is not None and ask(key)) else refused).append(key)
     if refused:

@@ -26,9 +26,10 @@ def node_memory(inventory: Inventory) -> int:
     with connect(inventory) as nodes:
         facts = reachable_facts(nodes, spec, inventory)
     totals = [(section(f, "memory") or {}).get("mem_total_bytes") for f in facts.by_node.values()]
-    if not all(isinstance(t, int) and t > 0 for t in totals):
+    known = [t for t in totals if isinstance(t, int) and t > 0]
+    if not known or len(known) != len(totals):
         raise OperationFailed("a node did not report its memory", details=[str(t) for t in totals])
-    return min(totals)  # type: ignore[type-var]
+    return min(known)
 
 
 def render_playbook(model: ModelSize, layout: Layout, inventory: Inventory, memory: int, command: str) -> str:

@@ -80,12 +80,13 @@ def _config(path: str) -> dict[str, Any]:
         raise InputError(f"{path}/config.json: cannot read: {exc}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}/config.json: not a JSON object")
-    return data.get("text_config") if isinstance(data.get("text_config"), dict) else data
+    text = data.get("text_config")
+    return text if isinstance(text, dict) else data
 
 
 def _params_from_config(c: dict[str, Any]) -> float | None:
     h, layers, inter, vocab = c.get("hidden_size"), c.get("num_hidden_layers"), c.get("intermediate_size"), c.get("vocab_size")
-    if not all(isinstance(v, int) for v in (h, layers, inter, vocab)):
+    if not (isinstance(h, int) and isinstance(layers, int) and isinstance(inter, int) and isinstance(vocab, int)):
         return None
     heads = c.get("num_attention_heads") or 1
     kv = c.get("num_key_value_heads") or heads

@@ -48,7 +48,7 @@ def probe_report(report: ProbeReport, *, command: str, created: str, cluster: st
                     f"{human_bytes(cost['message_bytes'])}", numeric=(False, True, True, True, True)),)))
     else:
         notes.append(f"cost to vLLM decode not computed: {cost.get('reason')}")
-    metadata = (("cluster", cluster), ("engine", report.engine), ("backend", report.backend),
+    metadata: tuple[tuple[str, str], ...] = (("cluster", cluster), ("engine", report.engine), ("backend", report.backend),
                 ("ranks", str(report.world_size)), ("dtype", report.dtype or "-"),
                 ("wall time", f"{report.wall_s:.1f} s" if report.wall_s else "-"))
     metadata += tuple((f"version: {k}", str(v)) for k, v in sorted(report.versions.items()) if v)
