@@ -59,11 +59,12 @@ def sparkctl_run(url: str, *, concurrency: int, prompts: int, output_len: int, c
     return json.loads(out.read_text())["steps"][0]
 
 
-def vllm_run(url: str, *, concurrency: int, prompts: int, output_len: int, cpu: int | None, out: Path) -> dict:
+def vllm_run(url: str, *, concurrency: int, prompts: int, output_len: int, cpu: int | None, out: Path,
+             warmup: int = 1) -> dict:
     pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
     subprocess.run([*pin, *VLLM, "bench", "serve", "--base-url", url, "--model", "stream", "--tokenizer", TOKENIZER,
                     "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", str(output_len),
-                    "--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--num-warmups", "1",
+                    "--num-prompts", str(prompts), "--max-concurrency", str(concurrency), "--num-warmups", str(warmup),
                     "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
@@ -101,8 +102,9 @@ def throughput(rounds: int, *, concurrency: int, prompts: int, output_len: int) 
 
 @dataclass(frozen=True)
 class AccuracyRow:
+    tool: str
     concurrency: int
-    ttft_ms: float  # measured by sparkctl bench
+    ttft_ms: float  # measured by the client
     tpot_ms: float
     true_ttft_ms: float  # what the server really did (its own clock, from each request's arrival)
     true_tpot_ms: float
@@ -122,15 +124,18 @@ def accuracy(ttft_ms: float, itl_ms: float, output_len: int, levels: list[int]) 
     server = Server("--ttft-ms", str(ttft_ms), "--itl-ms", str(itl_ms), "--jitter-ms", str(ttft_ms * 0.2),
                     cpu=1 if cores >= 2 else None)
     rows = []
+    cpu = 0 if cores >= 2 else None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for c in levels:
-                _server_timing(server.url)  # forget the previous level
-                step = sparkctl_run(server.url, concurrency=c, prompts=max(4 * c, 32), output_len=output_len,
-                                    cpu=0 if cores >= 2 else None, out=Path(tmp) / f"a{c}.json", warmup=0)
-                truth = _server_timing(server.url)
-                rows.append(AccuracyRow(c, step["median_ttft_ms"], step["median_tpot_ms"],
-                                        truth["median_ttft_ms"], truth["median_tpot_ms"]))
+                # both clients against the same truth; c warm-up requests open the connections first
+                for tool, run in (("sparkctl bench", sparkctl_run), ("vllm bench serve", vllm_run)):
+                    _server_timing(server.url)  # forget the previous run
+                    step = run(server.url, concurrency=c, prompts=max(4 * c, 32), output_len=output_len, cpu=cpu,
+                               out=Path(tmp) / f"a{c}-{tool.split()[0]}.json", warmup=c)
+                    truth = _server_timing(server.url)
+                    rows.append(AccuracyRow(tool, c, step["median_ttft_ms"], step["median_tpot_ms"],
+                                            truth["median_ttft_ms"], truth["median_tpot_ms"]))
                 print(f"accuracy c={c} done", file=sys.stderr)
     finally:
         server.stop()
@@ -161,11 +166,11 @@ def main() -> int:
     acc = accuracy(args.ttft_ms, args.itl_ms, 32, levels)
     print(f"\n2. timing accuracy: server set to TTFT {args.ttft_ms:g} ms, inter-token {args.itl_ms:g} ms, 32 tokens; "
           "truth = what the server really did, by its own clock (limit: 2% + 1 ms):")
-    print("| concurrency | median TTFT ms: measured / true | median TPOT ms: measured / true | within the limit |")
-    print("|---|---|---|---|")
+    print("| concurrency | client | median TTFT ms: measured / true | median TPOT ms: measured / true | within the limit |")
+    print("|---|---|---|---|---|")
     for a in acc:
-        print(f"| {a.concurrency} | {a.ttft_ms:.2f} / {a.true_ttft_ms:.2f} | {a.tpot_ms:.3f} / {a.true_tpot_ms:.3f} | "
-              f"{'yes' if a.within() else 'NO'} |")
+        print(f"| {a.concurrency} | {a.tool} | {a.ttft_ms:.2f} / {a.true_ttft_ms:.2f} | {a.tpot_ms:.3f} / "
+              f"{a.true_tpot_ms:.3f} | {'yes' if a.within() else 'NO'} |")
     return 0
 
 
