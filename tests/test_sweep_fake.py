@@ -172,3 +172,14 @@ def test_the_headline_names_the_light_load_and_the_heavy_load_winners():
     assert recommend((tp, rep))[0] == ("up to c=4 tp2 gives the most tok/s per user (30.0); "
                                        "from c=8 replicas2 gives the most output tok/s in total (200.0)")
     assert recommend((tp,)) == ("measure at least two layouts to compare them",)
+
+
+def test_per_user_rates_the_total_cannot_produce_are_called_bursts():
+    from sparkctl.sweep.report import LayoutReport, Point, burst_notes
+
+    burst = LayoutReport("dp2", "measured", (Point("c=1", 1, 75910.9, 104.4, 52.2, 53.3, 0),
+                                             Point("c=2", 2, 289.5, 201.9, 100.9, 34.1, 0)))
+    steady = LayoutReport("tp2", "measured", (Point("c=1", 1, 44.6, 45.9, 22.9, 25.9, 0),))
+    assert burst_notes((burst, steady)) == [
+        "dp2: at c=1 the tokens reached the client in bursts (median TPOT near 0), so its tok/s per user there says "
+        "nothing about speed; compare output tok/s in total"]

@@ -28,7 +28,7 @@ from sparkctl.perf.hardware import hardware
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
 from sparkctl.sweep.predict import predictor_for
-from sparkctl.sweep.report import LayoutReport, SweepReport, points_of, recommend
+from sparkctl.sweep.report import LayoutReport, SweepReport, burst_notes, points_of, recommend
 from sparkctl.sweep.store import SweepManifest, SweepStore
 
 # Benchmarks one layout once it serves: the real one runs `sparkctl bench`; tests pass their own.
@@ -139,6 +139,7 @@ def build_report(inventory: Inventory, playbook: Playbook, options: SweepOptions
         files = [dataclasses.replace(result_file(store.load(r.label), r.result_path or ""), name=r.label) for r in measured]
         plot = plot_results(files, options.plot, title=f"{inventory.cluster}: layouts compared")
     complete = all(r.status in ("measured", "measured earlier") for r in full)
+    notes += burst_notes(tuple(full))
     result = SweepReport(inventory.cluster, options.output_dir, tuple(full), recommend(tuple(full)), tuple(notes),
                          plot, complete)
     save_result(result.to_dict(), store.path("report.json"))
