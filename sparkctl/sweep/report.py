@@ -100,7 +100,7 @@ def _runs(by: dict[str, dict[str, Point]], steps: list[str], key: str) -> list[_
     runs: list[_Run] = []
     for step in steps:
         # a burst's per-user rate measures nothing (see burst_notes): it cannot win
-        values = {label: 0.0 if key == "tok_s_per_user" and _burst(points[step]) else getattr(points[step], key) or 0.0
+        values = {label: 0.0 if key == "tok_s_per_user" and is_burst(points[step]) else getattr(points[step], key) or 0.0
                   for label, points in by.items()}
         winner = max(values, key=lambda label: values[label])
         others = ", ".join(f"{label} {v:.1f}" if v else f"{label} (bursts)" for label, v in values.items()
@@ -141,7 +141,7 @@ def recommend(layouts: tuple[LayoutReport, ...]) -> tuple[str, ...]:
     return tuple(sentences)
 
 
-def _burst(p: Point) -> bool:
+def is_burst(p: Point) -> bool:
     return bool(p.tok_s_per_user and p.concurrency and p.tok_s_per_user * p.concurrency > 20 * max(p.output_throughput, 1e-9))
 
 
@@ -151,7 +151,7 @@ def burst_notes(layouts: tuple[LayoutReport, ...]) -> list[str]:
     measured there; their totals still compare."""
     notes = []
     for r in layouts:
-        odd = [p.step for p in r.points if _burst(p)]
+        odd = [p.step for p in r.points if is_burst(p)]
         if odd:
             notes.append(f"{r.label}: at {', '.join(odd)} the tokens reached the client in bursts (median TPOT near 0), "
                          "so its tok/s per user there says nothing about speed; compare output tok/s in total")
