@@ -18,12 +18,12 @@ from sparkctl.layouts import Layout, layout_of, parse_layout, with_layout
 from sparkctl.ops.down import down
 from sparkctl.playbook import check_against_inventory, load_playbook
 from tests.conftest import network_plans
-from tests.test_lifecycle_fake import (  # noqa: F401 - fixtures
+from tests.test_lifecycle_fake import (
     ALL_CHECKS,
     Events,
     fake,
     fast_polls,
-    inventory,  # noqa: F401 - fixture
+    inventory,
     local_facts,
 )
 

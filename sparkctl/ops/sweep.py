@@ -28,7 +28,14 @@ from sparkctl.perf.hardware import hardware
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
 from sparkctl.sweep.predict import predictor_for
-from sparkctl.sweep.report import LayoutReport, SweepReport, burst_notes, is_burst, points_of, recommend
+from sparkctl.sweep.report import (
+    LayoutReport,
+    SweepReport,
+    burst_notes,
+    is_burst,
+    points_of,
+    recommend,
+)
 from sparkctl.sweep.store import SweepManifest, SweepStore
 
 # Benchmarks one layout once it serves: the real one runs `sparkctl bench`; tests pass their own.
