@@ -181,8 +181,8 @@ def test_per_user_rates_the_total_cannot_produce_are_called_bursts():
                                              Point("c=2", 2, 289.5, 201.9, 100.9, 34.1, 0)))
     steady = LayoutReport("tp2", "measured", (Point("c=1", 1, 44.6, 45.9, 22.9, 25.9, 0),))
     assert burst_notes((burst, steady)) == [
-        "dp2: at c=1 the tokens reached the client in bursts (median TPOT near 0), so its tok/s per user there says "
-        "nothing about speed; compare output tok/s in total"]
+        ("dp2: at c=1 the tokens reached the client in bursts (median TPOT near 0), so its tok/s per user there says "
+         "nothing about speed; compare output tok/s in total")]
 
 
 def test_the_plot_overlays_every_layout_and_leaves_bursts_off_the_pareto_axis(inventory, fake, tmp_path, monkeypatch):
