@@ -18,12 +18,12 @@ from sparkctl.layouts import Layout, layout_of, parse_layout, with_layout
 from sparkctl.ops.down import down
 from sparkctl.playbook import check_against_inventory, load_playbook
 from tests.conftest import network_plans
-from tests.test_lifecycle_fake import (  # noqa: F401 - fixtures
+from tests.test_lifecycle_fake import (  # noqa: F401 - fake, fast_polls, inventory, local_facts are fixtures
     ALL_CHECKS,
     Events,
     fake,
     fast_polls,
-    inventory,  # noqa: F401 - fixture
+    inventory,
     local_facts,
 )
 
@@ -244,3 +244,17 @@ def test_preflight_checks_the_ports_each_layout_listens_on():
         str(REPO / "playbooks" / f"{name}.yaml"))).nodes} for name in ("tiny-cpu-replicas", "tiny-cpu-dp")}
     assert ports["tiny-cpu-replicas"] == {"head": (8013, 29511, 29000, 8014), "worker": (8015,)}
     assert ports["tiny-cpu-dp"] == {"head": (8013, 29511, 29550), "worker": ()}
+
+
+def test_dp_up_launches_the_api_server_and_a_headless_engine_and_down_stops_both(inventory, fake, tmp_path):
+    from sparkctl.ops.up import up
+
+    path = tmp_path / "pb.yaml"
+    path.write_text(f"model: {REPO / 'playbooks' / 'models' / 'tiny-llama'}\nserved_model_name: tiny\n"
+                    f"data_parallel_size: 2\nhost: 127.0.0.1\nport: {fake.port}\nready_timeout_s: 30\nstop_grace_s: 1\n")
+    result = up(inventory, load_playbook(str(path)), Events(), ignore_checks=ALL_CHECKS, connect=fake.connect, environ={})
+    assert result.outcome == "started"
+    argv = {n: " ".join(p.record.argv) for n in fake.nodes for p in fake.nodes[n].processes.values()}
+    assert "--data-parallel-size 2" in argv["head"] and "--headless" not in argv["head"]
+    assert argv["worker"].endswith("--headless --data-parallel-start-rank 1")
+    assert down(inventory, Events(), connect=fake.connect).clean and fake.running() == []

@@ -172,3 +172,31 @@ def test_the_headline_names_the_light_load_and_the_heavy_load_winners():
     assert recommend((tp, rep))[0] == ("up to c=4 tp2 gives the most tok/s per user (30.0); "
                                        "from c=8 replicas2 gives the most output tok/s in total (200.0)")
     assert recommend((tp,)) == ("measure at least two layouts to compare them",)
+
+
+def test_per_user_rates_the_total_cannot_produce_are_called_bursts():
+    from sparkctl.sweep.report import LayoutReport, Point, burst_notes
+
+    burst = LayoutReport("dp2", "measured", (Point("c=1", 1, 75910.9, 104.4, 52.2, 53.3, 0),
+                                             Point("c=2", 2, 289.5, 201.9, 100.9, 34.1, 0)))
+    steady = LayoutReport("tp2", "measured", (Point("c=1", 1, 44.6, 45.9, 22.9, 25.9, 0),))
+    assert burst_notes((burst, steady)) == [
+        ("dp2: at c=1 the tokens reached the client in bursts (median TPOT near 0), so its tok/s per user there says "
+         "nothing about speed; compare output tok/s in total")]
+
+
+def test_the_plot_overlays_every_layout_and_leaves_bursts_off_the_pareto_axis(inventory, fake, tmp_path, monkeypatch):
+    from sparkctl.bench import plot as bench_plot
+
+    drawn = {}
+
+    def capture(files, path, *, title=""):
+        drawn.update({f.name: [p.tok_s_per_user for p in f.points] for f in files})
+        return path
+
+    monkeypatch.setattr(bench_plot, "plot_results", capture)
+    monkeypatch.setitem(NUMBERS, "replicas2", {1: (9000.0, 25.0), 8: (20.0, 160.0)})  # c=1: a burst
+    report = run(inventory, fake, tmp_path, StubBench(fake), plot=str(tmp_path / "sweep.png"))
+    assert report.plot == str(tmp_path / "sweep.png")
+    assert drawn == {"tp2": [30.0, 12.0], "replicas2": [None, 20.0]}
+    assert any("replicas2: at c=1 the tokens reached the client in bursts" in n for n in report.notes)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from sparkctl.agent.client import Connect, connect
 from sparkctl.bench.options import BenchOptions
-from sparkctl.bench.result import BenchResult, result_file, save_result
+from sparkctl.bench.result import BenchResult, ResultFile, result_file, save_result
 from sparkctl.errors import Interrupted, OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.layouts import Layout, with_layout
@@ -28,7 +28,14 @@ from sparkctl.perf.hardware import hardware
 from sparkctl.playbook import Playbook, check_against_inventory
 from sparkctl.progress import Reporter
 from sparkctl.sweep.predict import predictor_for
-from sparkctl.sweep.report import LayoutReport, SweepReport, points_of, recommend
+from sparkctl.sweep.report import (
+    LayoutReport,
+    SweepReport,
+    burst_notes,
+    is_burst,
+    points_of,
+    recommend,
+)
 from sparkctl.sweep.store import SweepManifest, SweepStore
 
 # Benchmarks one layout once it serves: the real one runs `sparkctl bench`; tests pass their own.
@@ -115,6 +122,14 @@ def _down(inventory: Inventory, playbook: Playbook, reporter: Reporter, connect:
                               hint="sparkctl status -i INVENTORY shows what is left; sparkctl down stops it")
 
 
+def _without_bursts(file: ResultFile, report: LayoutReport) -> ResultFile:
+    """The layout's points for the Pareto chart, named by its label; a step whose
+    tokens came in bursts has no per-user rate to place it by (see burst_notes)."""
+    bursts = {p.step for p in report.points if is_burst(p)}
+    points = tuple(dataclasses.replace(p, tok_s_per_user=None) if p.label in bursts else p for p in file.points)
+    return dataclasses.replace(file, name=report.label, points=points)
+
+
 def build_report(inventory: Inventory, playbook: Playbook, options: SweepOptions, store: SweepStore,
                  reports: list[LayoutReport]) -> SweepReport:
     """The report over every layout with a saved result (this run's and earlier ones')."""
@@ -136,9 +151,10 @@ def build_report(inventory: Inventory, playbook: Playbook, options: SweepOptions
     if options.plot and measured:
         from sparkctl.bench.plot import plot_results
 
-        files = [dataclasses.replace(result_file(store.load(r.label), r.result_path or ""), name=r.label) for r in measured]
+        files = [_without_bursts(result_file(store.load(r.label), r.result_path or ""), r) for r in measured]
         plot = plot_results(files, options.plot, title=f"{inventory.cluster}: layouts compared")
     complete = all(r.status in ("measured", "measured earlier") for r in full)
+    notes += burst_notes(tuple(full))
     result = SweepReport(inventory.cluster, options.output_dir, tuple(full), recommend(tuple(full)), tuple(notes),
                          plot, complete)
     save_result(result.to_dict(), store.path("report.json"))

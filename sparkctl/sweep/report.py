@@ -99,9 +99,12 @@ class _Run:
 def _runs(by: dict[str, dict[str, Point]], steps: list[str], key: str) -> list[_Run]:
     runs: list[_Run] = []
     for step in steps:
-        values = {label: getattr(points[step], key) or 0.0 for label, points in by.items()}
+        # a burst's per-user rate measures nothing (see burst_notes): it cannot win
+        values = {label: 0.0 if key == "tok_s_per_user" and is_burst(points[step]) else getattr(points[step], key) or 0.0
+                  for label, points in by.items()}
         winner = max(values, key=lambda label: values[label])
-        others = ", ".join(f"{label} {v:.1f}" for label, v in values.items() if label != winner)
+        others = ", ".join(f"{label} {v:.1f}" if v else f"{label} (bursts)" for label, v in values.items()
+                           if label != winner)
         if not runs or runs[-1].winner != winner:
             runs.append(_Run(winner))
         runs[-1].steps.append(step)
@@ -136,6 +139,23 @@ def recommend(layouts: tuple[LayoutReport, ...]) -> tuple[str, ...]:
             span = run.steps[0] if len(run.steps) == 1 else f"{run.steps[0]} to {run.steps[-1]}"
             sentences.append(f"for {what}, at {span} {run.winner} is best ({'; '.join(run.lines)} {unit})")
     return tuple(sentences)
+
+
+def is_burst(p: Point) -> bool:
+    return bool(p.tok_s_per_user and p.concurrency and p.tok_s_per_user * p.concurrency > 20 * max(p.output_throughput, 1e-9))
+
+
+def burst_notes(layouts: tuple[LayoutReport, ...]) -> list[str]:
+    """Steps whose tok/s per user the total throughput cannot have produced: the
+    tokens reached the client in bursts (TPOT near 0), so per-user speed was not
+    measured there; their totals still compare."""
+    notes = []
+    for r in layouts:
+        odd = [p.step for p in r.points if is_burst(p)]
+        if odd:
+            notes.append(f"{r.label}: at {', '.join(odd)} the tokens reached the client in bursts (median TPOT near 0), "
+                         "so its tok/s per user there says nothing about speed; compare output tok/s in total")
+    return notes
 
 
 def _f(value: float | None, digits: int = 1) -> str:
