@@ -261,3 +261,12 @@ def test_prompt_lengths_without_tokenize_are_named_approximate_or_use_a_local_to
     assert 3 * 19 <= doc["steps"][0]["total_input_tokens"] <= 3 * 21
     missing = sparkctl("bench", "--url", url, "--tokenizer", "/nonexistent", "-q", timeout=60)
     assert missing.returncode == 2 and "tokenizer.json" in missing.stderr
+
+
+def test_duration_bound_steps_in_both_loops(stream_server):
+    url = stream_server("--itl-ms", "5")
+    doc = _bench_json(url, "--concurrency", "2", "--request-rate", "10", "--duration", "2", "--input-len", "8",
+                      "--output-len", "8", "--warmup", "0")
+    for step in doc["steps"]:
+        assert step["completed"] >= 5 and step["failed"] == 0
+        assert 1.5 <= step["duration"] <= 4.0  # no new request after 2 s; the last ones finish
