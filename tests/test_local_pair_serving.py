@@ -97,8 +97,9 @@ def _pin_local_pair(cpus: set[int]) -> None:
 
 
 def test_side_by_side_with_vllm_bench_serve(serving_pair):
-    """Same server, same shapes, alternating tools: request throughput, median TTFT
-    and median TPOT agree within 10%. On a 2-core machine the server gets one core
+    """Same server, same shapes, alternating tools (4 rounds of 32 requests: a server
+    of four processes sharing one core varies by several percent from run to run):
+    request throughput, median TTFT and median TPOT agree within 10%. On a 2-core machine the server gets one core
     and the clients the other, so a client's own CPU use cannot slow the server it
     measures (vllm bench serve's process is much heavier than sparkctl's)."""
     cores = sorted(os.sched_getaffinity(0))
@@ -108,8 +109,8 @@ def test_side_by_side_with_vllm_bench_serve(serving_pair):
     try:
         done = subprocess.run(
             [sys.executable, "scripts/bench_vs_vllm.py", "--url", URL, "--model", "tiny",
-             "--tokenizer", "playbooks/models/tiny-llama", "--concurrency", "1,4", "--rounds", "3",
-             "--input-len", "64", "--output-len", "32", "--num-prompts", "24", "--json",
+             "--tokenizer", "playbooks/models/tiny-llama", "--concurrency", "1,4", "--rounds", "4",
+             "--input-len", "64", "--output-len", "32", "--num-prompts", "32", "--json",
              *(["--client-cpu", ",".join(map(str, cores[:-1]))] if split else [])],
             cwd=REPO, capture_output=True, text=True, timeout=1200,
         )
