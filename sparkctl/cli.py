@@ -461,6 +461,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if len({layout.label for layout in layouts}) != len(layouts) or not layouts:
         raise InputError(f"--layouts {args.layouts!r}: name each layout once")
     hardware(args.hardware)  # an unknown preset fails now, not after the last layout
+    _report_path(args)
     if args.plot:
         from sparkctl.plotting import require_matplotlib
 
@@ -480,6 +481,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                  plot=args.plot)
     report = sweep(inventory, playbook, sweep_options, _reporter(args), measure)
     _emit(args, report.to_dict, lambda: render_text(report))
+    if args.report:
+        from sparkctl.report.sweep import sweep_report
+
+        _write_report(args, lambda command, created: sweep_report(report, command=command, created=created))
     return 0 if report.complete else int(ExitCode.FAILED)
 
 
@@ -725,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="overlaid Pareto chart (needs matplotlib)")
     p.set_defaults(handler=cmd_bench_compare)
 
-    p = sub.add_parser("sweep", parents=[common, inv, pb, quiet, load],
+    p = sub.add_parser("sweep", parents=[common, inv, pb, quiet, load, report],
                        help="for each layout: up, the bench ladder, down; then the layouts compared, with a recommendation")
     p.add_argument("--layouts", required=True, metavar="L,L,...", help="layouts to measure, e.g. tp2,dp2,replicas2")
     p.add_argument("--output-dir", metavar="DIR", help="where each layout's result is saved (default sweep-<cluster>)")

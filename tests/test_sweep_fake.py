@@ -200,3 +200,22 @@ def test_the_plot_overlays_every_layout_and_leaves_bursts_off_the_pareto_axis(in
     assert report.plot == str(tmp_path / "sweep.png")
     assert drawn == {"tp2": [30.0, 12.0], "replicas2": [None, 20.0]}
     assert any("replicas2: at c=1 the tokens reached the client in bursts" in n for n in report.notes)
+
+
+def test_the_sweep_report_has_a_table_per_layout_the_recommendation_and_the_plot(inventory, fake, tmp_path):
+    from sparkctl.report import write_report
+    from sparkctl.report.sweep import sweep_report
+
+    report = run(inventory, fake, tmp_path, StubBench(fake), Events())
+    page = sweep_report(report, command="sparkctl sweep --layouts tp2,replicas2", created="2026-11-29 12:00")
+    titles = [section.title for section in page.sections]
+    assert titles[0] == "Recommendation" and titles[1].startswith("tp2: measured")
+    assert titles[2].startswith("replicas2: measured") and titles[-1] == "Every layout's Pareto view"
+    assert page.verdict is not None and page.verdict.tone == "ok"
+    html = tmp_path / "sweep.html"
+    write_report(page, str(html))
+    text = html.read_text()
+    assert "data:image/png;base64," in text and "tp2" in text and "replicas2" in text and "http://" not in text
+    markdown = tmp_path / "sweep.md"
+    write_report(page, str(markdown))
+    assert "| c=8 |" in markdown.read_text()
