@@ -18,13 +18,21 @@ Faults:
     fake.gpus["head"] = (95.0, 18.0)          the head's GPU at 95% utilisation drawing 18 W (telemetry)
     fake.running_requests = 2                 /metrics: requests running; tokens advance at every scrape
     fake.wedged = True                        ... unless wedged: the counters stop while /health stays 200
+    fake.replica_after_polls[1] = 5           replica 1 (behind the router) serves from its node's 5th poll on
+
+Replicas: `with fake.replica_endpoints(2) as first_port:` serves one more endpoint per
+node (inventory order, on consecutive ports from first_port), each answering while that
+node's vLLM runs; the head's endpoint then plays the router, which answers as soon as
+the head's replica does (as vllm-router does with one of its replicas healthy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -68,6 +76,7 @@ class FakeCluster:
         self.unreachable_after: dict[str, int] = {}
         self.exits_after: dict[str, int] = {}
         self.health_after_polls = 0
+        self.replica_after_polls: dict[int, int] = {}
         self.cannot_join: set[str] = set()
         self.survives_stop: set[str] = set()
         self.process_state: dict[str, str] = {}
@@ -236,10 +245,28 @@ class FakeCluster:
         alive = any(proc.alive and proc.record.role == "vllm" for proc in head.processes.values())
         return alive and head.status_calls >= self.health_after_polls
 
+    def replica_serving(self, index: int) -> bool:
+        node = self.nodes[self.inventory.nodes[index].name]
+        alive = any(proc.alive and proc.record.role == "vllm" for proc in node.processes.values())
+        return alive and node.status_calls >= self.replica_after_polls.get(index, 0)
+
     @contextlib.contextmanager
-    def endpoint(self) -> Iterator[int]:
-        """An HTTP server on 127.0.0.1 answering like vLLM while the head's vLLM runs; yields its port."""
+    def replica_endpoints(self, count: int) -> Iterator[int]:
+        """`count` replica servers on consecutive free ports; yields the first."""
+        with contextlib.ExitStack() as stack:
+            sockets = _consecutive_sockets(count)
+            ports = [sock.getsockname()[1] for sock in sockets]
+            for index, (sock, port) in enumerate(zip(sockets, ports)):
+                sock.close()  # reopened by the server at once: the port stays ours in practice
+                stack.enter_context(self.endpoint(port, serving=lambda i=index: self.replica_serving(i)))
+            yield ports[0]
+
+    @contextlib.contextmanager
+    def endpoint(self, port: int = 0, serving: Callable[[], bool] | None = None) -> Iterator[int]:
+        """An HTTP server on 127.0.0.1 answering like vLLM while `serving()` (by default:
+        while the head's vLLM runs); yields its port."""
         cluster = self
+        serves = serving or self.serving
 
         class Handler(BaseHTTPRequestHandler):
             def _reply(self, status: int, body: object) -> None:
@@ -251,7 +278,7 @@ class FakeCluster:
                 self.wfile.write(data)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if not cluster.serving():
+                if not serves():
                     self._reply(503, {"error": "starting"})
                 elif self.path == "/health":
                     self._reply(200, {})
@@ -273,12 +300,12 @@ class FakeCluster:
 
             def do_POST(self) -> None:  # noqa: N802
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                self._reply(200 if cluster.serving() else 503, {"choices": [{"text": " world"}]})
+                self._reply(200 if serves() else 503, {"choices": [{"text": " world"}]})
 
             def log_message(self, *args: object) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         try:
@@ -286,6 +313,24 @@ class FakeCluster:
         finally:
             server.shutdown()
             server.server_close()
+
+
+def _consecutive_sockets(count: int) -> list[socket.socket]:
+    """Bound sockets on `count` consecutive ports (a replica's port is the first plus its index)."""
+    for _ in range(50):
+        first = socket.socket()
+        first.bind(("127.0.0.1", 0))
+        sockets = [first]
+        try:
+            for offset in range(1, count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", first.getsockname()[1] + offset))
+            return sockets
+        except OSError:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 class FakeAgentClient(AgentClient):

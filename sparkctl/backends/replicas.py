@@ -27,6 +27,7 @@ class ReplicaGroup:
     nodes: tuple[str, ...]  # the group's head first
     port: int
     url: str  # where the router reaches this replica
+    client_url: str  # where the controller reaches it (readiness asks every replica itself)
 
 
 @dataclass(frozen=True)
@@ -43,10 +44,20 @@ def replica_groups(inventory: Inventory, playbook: Playbook, hosts: dict[str, Ho
     for index in range(playbook.replicas):
         members = ordered[index * size:(index + 1) * size]
         port = first_replica_port(playbook) + index
-        address = hosts[members[0].name].address
-        host = f"[{address}]" if ":" in address else address
-        groups.append(ReplicaGroup(index, tuple(n.name for n in members), port, f"http://{host}:{port}"))
+        groups.append(ReplicaGroup(index, tuple(n.name for n in members), port,
+                                   _url(hosts[members[0].name].address, port), _url(_client_host(playbook, members[0]), port)))
     return tuple(groups)
+
+
+def _client_host(playbook: Playbook, node: Node) -> str:
+    """The replica binds playbook.host: a wildcard is reached at the node's own
+    inventory address (the one the controller's SSH uses), like the head's endpoint."""
+    return node.host if playbook.host in {"0.0.0.0", "::", ""} else playbook.host
+
+
+def _url(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}"
 
 
 def plan_replicas(inventory: Inventory, playbook: Playbook, hosts: dict[str, HostPlan]) -> ReplicasPlan:

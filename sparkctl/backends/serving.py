@@ -46,6 +46,7 @@ from sparkctl.lifecycle.stop import NodeStop, stop_all
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
+from sparkctl.serve.endpoint import Member
 
 P = TypeVar("P", bound="ServePlan")
 
@@ -56,6 +57,9 @@ class ServePlan:
 
     specs: tuple[ProcessSpec, ...]
     control_port: int  # the head's rendezvous (mp) or GCS (ray) port, recorded for `down`'s port check
+    # servers behind the one endpoint that must each serve before the cluster is ready
+    # (vllm-router answers as soon as one replica does)
+    members: tuple[Member, ...] = field(default=(), kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,8 @@ class ReplicasBackend(MpBackend):
         plan = plan_replicas(self.inventory, playbook, hosts)
         for group in plan.groups:
             reporter.event(group.nodes[0], f"replica {group.index} on {', '.join(group.nodes)} at {group.url}")
-        return ServePlan((*plan.servers, plan.router), playbook.master_port)
+        members = tuple(Member(f"replica {g.index}", g.nodes[0], g.client_url) for g in plan.groups)
+        return ServePlan((*plan.servers, plan.router), playbook.master_port, members=members)
 
     def launch(self, nodes: AgentClient, plan: ServePlan, secrets: dict[str, str], reporter: Reporter) -> Launched:
         servers = [s for s in plan.specs if s.role != ROUTER_ROLE]

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessRecord, StatusReply
-from sparkctl.backends.serving import Backend, backend_for, backend_found
+from sparkctl.backends.serving import Backend, ServePlan, backend_for, backend_found
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
 from sparkctl.checks.findings import Status
 from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
@@ -79,7 +79,7 @@ def up(
         reporter.event(None, f"cluster {inventory.cluster}: {len(inventory.nodes)} node(s), backend {playbook.backend}")
         run.plan()
         statuses = _statuses(run.nodes, inventory)
-        current = _already_serving(statuses, run.serve_plan.specs, run.endpoint, playbook)
+        current = _already_serving(statuses, run.serve_plan, run.endpoint, playbook)
         if current is not None:
             return run.already_up(current)
         if _stop_leftovers(run.nodes, inventory, playbook, reporter, statuses):
@@ -175,6 +175,7 @@ class _UpRun:
             return wait_until_ready(
                 self.nodes, self.inventory, list(launched.watch), self.endpoint, self.playbook.served_model_name,
                 deadline=launched.at + self.playbook.ready_timeout_s, reporter=self.reporter, started_at=launched.at,
+                members=self.serve_plan.members,
             )
         except KeyboardInterrupt:
             self.reporter.event(None, "interrupted: stopping what this run started")
@@ -243,19 +244,21 @@ def _statuses(nodes: AgentClient, inventory: Inventory) -> dict[str, StatusReply
 
 
 def _already_serving(
-    statuses: dict[str, StatusReply], specs: tuple[ProcessSpec, ...], endpoint: Endpoint, playbook: Playbook
+    statuses: dict[str, StatusReply], plan: ServePlan, endpoint: Endpoint, playbook: Playbook
 ) -> dict[str, ProcessRecord] | None:
-    """The running processes when every node runs exactly the planned command and the endpoint answers."""
+    """The running processes when every node runs exactly the planned command and the
+    endpoint (and every replica behind it) answers."""
     running: dict[str, ProcessRecord] = {}
-    for process in specs:
+    for process in plan.specs:
         record = statuses[process.node].record(process.role)
         if record is None or not record.alive or record.plan_digest != plan_digest(process):
             return None
-        running[process.node] = record
-    if endpoint.health().status != 200:
-        return None
-    _, ids = endpoint.model_ids()
-    return running if playbook.served_model_name in ids else None
+        running.setdefault(process.node, record)  # the node's server, not the router beside it
+    servers = [endpoint, *(Endpoint(m.url, api_key=endpoint.api_key) for m in plan.members)]
+    for server in servers:
+        if server.health().status != 200 or playbook.served_model_name not in server.model_ids()[1]:
+            return None
+    return running
 
 
 def _stop_leftovers(nodes: AgentClient, inventory: Inventory, playbook: Playbook, reporter: Reporter,

@@ -27,6 +27,16 @@ class HttpReply:
         return json.loads(self.body.decode("utf-8"))
 
 
+@dataclass(frozen=True)
+class Member:
+    """A server behind the one endpoint (a replica behind the router), as the
+    controller reaches it: readiness waits for each, not only for the router."""
+
+    label: str  # "replica 1"
+    node: str  # the node it serves from
+    url: str
+
+
 class Endpoint:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0):
         self.base_url = base_url.rstrip("/")

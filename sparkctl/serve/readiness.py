@@ -2,7 +2,9 @@
 
 Ready means all four: every started process alive on every node, `/health`
 200, `/v1/models` lists the served name, and one real completion succeeds
-(a model can pass /health and die on its first request). While waiting, each
+(a model can pass /health and die on its first request). Behind a router the
+same three are asked of every replica first: vllm-router answers as soon as
+one replica does, so its own /health says nothing about the others. While waiting, each
 node's log is read incrementally to report start-up stages; a process that
 exits, an unreachable node or the deadline ends the wait with the evidence.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sparkctl.agent.client import AgentClient
@@ -19,7 +22,7 @@ from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.spec import ProcessSpec
 from sparkctl.lifecycle.watch import LogWatch, WatchedLog
 from sparkctl.progress import Reporter
-from sparkctl.serve.endpoint import Endpoint
+from sparkctl.serve.endpoint import Endpoint, Member
 from sparkctl.serve.vllm_log import LogReader, LogReport
 
 POLL_S = 0.1  # the endpoint: a refused connection costs nothing, and every poll saved is start-up time
@@ -88,8 +91,9 @@ def wait_until_ready(
     deadline: float,
     reporter: Reporter,
     started_at: float,
+    members: Sequence[Member] = (),
 ) -> Readiness:
-    wait = _Wait(nodes, inventory, specs, endpoint, served_model_name, reporter)
+    wait = _Wait(nodes, inventory, specs, endpoint, served_model_name, reporter, members)
     next_node_poll = 0.0
     while True:
         if time.monotonic() >= next_node_poll:
@@ -102,7 +106,8 @@ def wait_until_ready(
             return wait.state
         now = time.monotonic()
         if now > deadline:
-            waiting = ", ".join(f"{n}: {s or 'no log output'}" for n, s in wait.stages.items())
+            waiting = ", ".join([f"{n}: {s or 'no log output'}" for n, s in wait.stages.items()]
+                                + [f"{m.label} at {m.url} not serving yet" for m in wait.pending])
             raise _deadline(started_at, now, waiting, wait.state.watches.get(wait.head))
         wait.heartbeat(now)
         time.sleep(POLL_S)
@@ -112,12 +117,13 @@ class _Wait:
     """The state of one wait: each node's log and stage, and the endpoint's progress."""
 
     def __init__(self, nodes: AgentClient, inventory: Inventory, specs: list[ProcessSpec], endpoint: Endpoint,
-                 served_model_name: str, reporter: Reporter):
+                 served_model_name: str, reporter: Reporter, members: Sequence[Member] = ()):
         # a node may run two processes (a router beside a replica): each is watched
         self.watch = LogWatch.of_processes(nodes, inventory, [(spec.node, spec.role) for spec in specs], scope=None)
         self.state = Readiness(watches={name: NodeWatch(log) for name, log in self.watch.logs.items()})
         self.stages: dict[str, str | None] = {name: None for name in self.state.watches}
         self.endpoint = endpoint
+        self.pending = list(members)  # replicas not yet seen serving, in order
         self.served_model_name = served_model_name
         self.reporter = reporter
         self.head = inventory.head.name
@@ -141,32 +147,48 @@ class _Wait:
                 self.reporter.event(log.node, f"stage: {stage}" if log.key == log.node else f"{log.role} stage: {stage}")
 
     def poll_endpoint(self, deadline: float) -> bool:
-        """True once /health, /v1/models and one completion all succeeded."""
-        state, head = self.state, self.head
-        if state.health_at is None:
-            if self.endpoint.health().status != 200:
+        """True once every member, then the endpoint, answered /health, /v1/models and one completion."""
+        while self.pending:
+            member = self.pending[0]
+            if not self._serves(Endpoint(member.url, api_key=self.endpoint.api_key), member.node, deadline,
+                                f"{member.label} ({member.url})"):
+                return False
+            self.pending.pop(0)
+            self.last_news = time.monotonic()
+        return self._serves(self.endpoint, self.head, deadline, None)
+
+    def _serves(self, endpoint: Endpoint, node: str, deadline: float, member: str | None) -> bool:
+        """One server's /health, /v1/models and first completion; the endpoint's (member None)
+        set the readiness timings."""
+        state = self.state
+        where = f"{node}: {member}" if member else node
+        if member is None and state.health_at is None:
+            if endpoint.health().status != 200:
                 return False
             state.health_at = time.monotonic()
-            self.reporter.event(head, "/health 200")
+            self.reporter.event(node, "/health 200")
             self.last_news = time.monotonic()
-        models_reply, ids = self.endpoint.model_ids()
+        elif member is not None and endpoint.health().status != 200:
+            return False
+        models_reply, ids = endpoint.model_ids()
         if self.served_model_name not in ids:
             if models_reply.status == 200:
-                raise NotReady(f"{head}: /v1/models lists {ids}, not {self.served_model_name!r}", node=head,
-                               watch=state.watches.get(head),
+                raise NotReady(f"{where}: /v1/models lists {ids}, not {self.served_model_name!r}", node=node,
+                               watch=state.watches.get(node),
                                hint="another server answers on this port, or served_model_name differs")
             return False
-        completion = self.endpoint.complete(self.served_model_name, timeout_s=max(5.0, deadline - time.monotonic()))
+        completion = endpoint.complete(self.served_model_name, timeout_s=max(5.0, deadline - time.monotonic()))
         if completion.status == 200:
-            state.completion_s = completion.elapsed_s
-            state.ready_at = time.monotonic()
-            self.reporter.event(head, f"/v1/models lists {self.served_model_name!r}; "
+            self.reporter.event(node, f"{member + ' ' if member else ''}/v1/models lists {self.served_model_name!r}; "
                                       f"completion ok ({completion.elapsed_s:.2f}s)")
+            if member is None:
+                state.completion_s = completion.elapsed_s
+                state.ready_at = time.monotonic()
             return True
         if completion.status is not None and completion.status >= 400:
             body = completion.body.decode("utf-8", "replace")[:300]
-            raise NotReady(f"{head}: the first completion failed with HTTP {completion.status}: {body}",
-                           node=head, watch=state.watches.get(head))
+            raise NotReady(f"{where}: the first completion failed with HTTP {completion.status}: {body}",
+                           node=node, watch=state.watches.get(node))
         return False
 
     def heartbeat(self, now: float) -> None:
