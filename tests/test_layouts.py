@@ -202,26 +202,18 @@ def kill_routers_at_launch(fake) -> None:
     fake._launch = router_dies
 
 
-@pytest.fixture
-def replica_port(fake):
-    """The fake's replica servers (one per node, consecutive ports): the first port."""
-    with fake.replica_endpoints(2) as first:
-        yield first
-
-
-def replicas_playbook(tmp_path, fake, replica_port: int, ready_timeout_s: float = 30):
+def replicas_playbook(tmp_path, fake, ready_timeout_s: float = 30):
     path = tmp_path / "pb.yaml"
     path.write_text(f"model: {REPO / 'playbooks' / 'models' / 'tiny-llama'}\nserved_model_name: tiny\nreplicas: 2\n"
-                    f"host: 127.0.0.1\nport: {fake.port}\nreplica_port: {replica_port}\n"
+                    f"host: 127.0.0.1\nport: {fake.port}\nreplica_port: {fake.replica_port}\n"
                     f"ready_timeout_s: {ready_timeout_s}\nstop_grace_s: 1\n")
     return load_playbook(str(path))
 
 
-def test_replicas_up_starts_servers_and_router_readiness_through_it_and_down_stops_all(inventory, fake, tmp_path,
-                                                                                       replica_port):
+def test_replicas_up_starts_servers_and_router_readiness_through_it_and_down_stops_all(inventory, fake, tmp_path):
     from sparkctl.ops.up import up
 
-    playbook = replicas_playbook(tmp_path, fake, replica_port)
+    playbook = replicas_playbook(tmp_path, fake)
     events = Events()
     result = up(inventory, playbook, events, ignore_checks=ALL_CHECKS, connect=fake.connect, environ={})
     assert result.outcome == "started"
@@ -234,14 +226,13 @@ def test_replicas_up_starts_servers_and_router_readiness_through_it_and_down_sto
     assert stopped.clean and fake.running() == []
 
 
-def test_replicas_are_ready_only_when_every_replica_serves_not_when_the_router_does(inventory, fake, tmp_path,
-                                                                                   replica_port):
+def test_replicas_are_ready_only_when_every_replica_serves_not_when_the_router_does(inventory, fake, tmp_path):
     """vllm-router answers as soon as one replica does: readiness asks each replica itself."""
     from sparkctl.ops.up import up
 
     fake.replica_after_polls[1] = 4  # the worker's replica still loads while the router already answers
     events = Events()
-    result = up(inventory, replicas_playbook(tmp_path, fake, replica_port), events, ignore_checks=ALL_CHECKS,
+    result = up(inventory, replicas_playbook(tmp_path, fake), events, ignore_checks=ALL_CHECKS,
                 connect=fake.connect, environ={})
     assert result.outcome == "started"
     assert fake.nodes["worker"].status_calls >= 4  # it waited for the worker's replica
@@ -252,14 +243,13 @@ def test_replicas_are_ready_only_when_every_replica_serves_not_when_the_router_d
     assert down(inventory, Events(), connect=fake.connect).clean
 
 
-def test_a_replica_that_never_serves_is_named_at_the_deadline_and_everything_stops(inventory, fake, tmp_path,
-                                                                                   replica_port):
+def test_a_replica_that_never_serves_is_named_at_the_deadline_and_everything_stops(inventory, fake, tmp_path):
     from sparkctl.errors import DeadlineExceeded
     from sparkctl.ops.up import up
 
     fake.replica_after_polls[1] = 10**6
-    with pytest.raises(DeadlineExceeded, match=rf"replica 1 at http://127.0.0.1:{replica_port + 1} not serving yet"):
-        up(inventory, replicas_playbook(tmp_path, fake, replica_port, ready_timeout_s=3), Events(),
+    with pytest.raises(DeadlineExceeded, match=rf"replica 1 at http://127.0.0.1:{fake.replica_port + 1} not serving yet"):
+        up(inventory, replicas_playbook(tmp_path, fake, ready_timeout_s=3), Events(),
            ignore_checks=ALL_CHECKS, connect=fake.connect, environ={})
     assert fake.running() == []
 
@@ -268,13 +258,10 @@ def test_a_router_that_exits_during_start_up_is_named_and_everything_stops(inven
     from sparkctl.ops.up import up
     from sparkctl.serve.readiness import NotReady
 
-    path = tmp_path / "pb.yaml"
-    path.write_text(f"model: {REPO / 'playbooks' / 'models' / 'tiny-llama'}\nserved_model_name: tiny\nreplicas: 2\n"
-                    f"host: 127.0.0.1\nport: {fake.port}\nready_timeout_s: 30\nstop_grace_s: 1\n")
     fake.health_after_polls = 10**6
     kill_routers_at_launch(fake)
     with pytest.raises(NotReady, match="vllm-router exited during start-up"):
-        up(inventory, load_playbook(str(path)), Events(), ignore_checks=ALL_CHECKS, connect=fake.connect,
+        up(inventory, replicas_playbook(tmp_path, fake), Events(), ignore_checks=ALL_CHECKS, connect=fake.connect,
            environ={})
     assert fake.running() == []
 

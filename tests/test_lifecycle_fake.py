@@ -57,8 +57,9 @@ def inventory():
 @pytest.fixture
 def fake(inventory, local_facts):
     cluster = FakeCluster(inventory, served_model_name="tiny", facts=local_facts)
-    with cluster.endpoint() as port:
+    with cluster.endpoint() as port, cluster.replica_endpoints(len(inventory.nodes)) as replica_port:
         cluster.port = port
+        cluster.replica_port = replica_port  # for playbooks of the replicas layout
         yield cluster
 
 

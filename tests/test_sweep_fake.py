@@ -81,7 +81,8 @@ class CtrlCDuringStart(Events):
 def playbook_for(tmp_path, fake):
     path = tmp_path / "pb.yaml"
     path.write_text(f"model: {REPO / 'playbooks' / 'models' / 'tiny-llama'}\nserved_model_name: tiny\n"
-                    f"tensor_parallel_size: 2\nhost: 127.0.0.1\nport: {fake.port}\nready_timeout_s: 30\nstop_grace_s: 1\n")
+                    f"tensor_parallel_size: 2\nhost: 127.0.0.1\nport: {fake.port}\nreplica_port: {fake.replica_port}\n"
+                    f"ready_timeout_s: 30\nstop_grace_s: 1\n")
     return load_playbook(str(path))
 
 
