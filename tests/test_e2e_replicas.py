@@ -60,10 +60,22 @@ def test_two_replicas_behind_vllm_router():
         print(f"requests through the router per replica (from each server's /metrics): {served}")
         assert sum(served) == 6 and all(n >= 2 for n in served), served  # round robin: both replicas serve
 
+        # bench through the router: the server's view is both replicas' /metrics, summed
+        done = sparkctl("bench", "-i", INV, "--concurrency", "2", "--input-len", "16", "--output-len", "8",
+                        "--num-prompts", "4", "--json")
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(done.stdout)
+        step = doc["steps"][0]
+        assert step["failed"] == 0 and step["server"]["requests_success"] == 4
+        assert step["server"]["generation_tokens"] == step["total_output_tokens"] == 4 * 8
+        assert any("sum of 2 servers' /metrics" in note for note in doc["notes"]), doc["notes"]
+
         status = sparkctl("status", "-i", INV, "--json")
         assert status.returncode == 0, status.stderr
         st = json.loads(status.stdout)
         assert st["state"] == "serving" and st["models"] == ["tiny"]
+        assert [(m["url"], m["health"]) for m in st["members"]] == [(url, 200) for url in replicas]
+        assert st["metrics"]["generation_tokens_total"] >= 6 * 4 + 4 * 8  # both replicas' counters
         head_roles = {r["role"] for r in st["nodes"]["head"]["records"]}
         assert head_roles == {"vllm", "router"}
 

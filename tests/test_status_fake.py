@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from sparkctl import render
 from sparkctl.ops.status import status
 from sparkctl.ops.watch import SuperviseOptions, supervise, watch
 from tests.test_lifecycle_fake import Events, bring_up, fake, inventory, local_facts, write_playbook  # noqa: F401
@@ -27,6 +28,33 @@ def test_serving_with_telemetry_and_metrics(inventory, fake, tmp_path):
     assert head["gpus"][0]["power_w"] == 60.0 and head["unified_memory"] is True
     assert head["records"][0]["state"] == "running" and head["logs"][0]["grew_s_ago"] == 1.0
     assert head["host"]["mem_available_mib"] == 60000
+
+
+def test_replicas_are_asked_themselves_and_their_metrics_add_up(inventory, fake, tmp_path):
+    from tests.test_layouts import replicas_playbook
+
+    playbook = replicas_playbook(tmp_path, fake)
+    bring_up(inventory, playbook, fake)
+    fake.running_requests = 2  # each fake replica reports 2 running
+    result = status(inventory, playbook=playbook, connect=fake.connect, **FAST)
+    assert result.state == "serving", result.reasons
+    data = result.to_dict()
+    assert [(m["label"], m["node"], m["health"]) for m in data["members"]] == [
+        ("replica 0", "head", 200), ("replica 1", "worker", 200)]
+    assert data["metrics"]["running"] == 4  # the router has no vLLM metrics: the replicas' sum
+    assert "behind it: replica 0 on head" in render.status_text(result)
+
+
+def test_a_replica_that_stops_answering_is_degraded_while_the_router_answers(inventory, fake, tmp_path):
+    from tests.test_layouts import replicas_playbook
+
+    playbook = replicas_playbook(tmp_path, fake)
+    bring_up(inventory, playbook, fake)
+    fake.replica_after_polls[1] = 10**6  # replica 1 answers 503 from now on; its process still runs
+    result = status(inventory, playbook=None, connect=fake.connect, **FAST)  # members from the state `up` saved
+    assert result.state == "degraded" and result.health == 200 and result.exit_code == 1
+    assert [(r.code, r.node) for r in result.reasons] == [("replica-health", "worker")]
+    assert "replica 1 at http://127.0.0.1:" in result.reasons[0].message
 
 
 def test_a_frozen_worker_is_degraded_while_the_head_answers(inventory, fake, tmp_path):

@@ -17,6 +17,7 @@ from sparkctl.layouts import first_replica_port
 from sparkctl.lifecycle.spec import ProcessSpec, serve_argv
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook, beside_vllm
+from sparkctl.serve.endpoint import Member
 
 ROUTER_ROLE = "router"
 
@@ -27,7 +28,6 @@ class ReplicaGroup:
     nodes: tuple[str, ...]  # the group's head first
     port: int
     url: str  # where the router reaches this replica
-    client_url: str  # where the controller reaches it (readiness asks every replica itself)
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,25 @@ class ReplicasPlan:
 
 
 def replica_groups(inventory: Inventory, playbook: Playbook, hosts: dict[str, HostPlan]) -> tuple[ReplicaGroup, ...]:
+    groups = []
+    for index, members in enumerate(_node_groups(inventory, playbook)):
+        port = first_replica_port(playbook) + index
+        groups.append(ReplicaGroup(index, tuple(n.name for n in members), port, _url(hosts[members[0].name].address, port)))
+    return tuple(groups)
+
+
+def replica_members(inventory: Inventory, playbook: Playbook) -> tuple[Member, ...]:
+    """Each replica as the controller reaches it (no node facts needed): for readiness,
+    `status` and `bench`, which ask the replicas behind the router themselves."""
+    return tuple(Member(f"replica {index}", members[0].name,
+                        _url(_client_host(playbook, members[0]), first_replica_port(playbook) + index))
+                 for index, members in enumerate(_node_groups(inventory, playbook)))
+
+
+def _node_groups(inventory: Inventory, playbook: Playbook) -> list[list[Node]]:
     ordered: list[Node] = [inventory.head, *inventory.workers]
     size = max(1, playbook.world_size // inventory.nodes[0].gpus)  # nodes per replica (checked by layout_fit)
-    groups = []
-    for index in range(playbook.replicas):
-        members = ordered[index * size:(index + 1) * size]
-        port = first_replica_port(playbook) + index
-        groups.append(ReplicaGroup(index, tuple(n.name for n in members), port,
-                                   _url(hosts[members[0].name].address, port), _url(_client_host(playbook, members[0]), port)))
-    return tuple(groups)
+    return [ordered[index * size:(index + 1) * size] for index in range(playbook.replicas)]
 
 
 def _client_host(playbook: Playbook, node: Node) -> str:

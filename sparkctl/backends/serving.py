@@ -37,7 +37,7 @@ from sparkctl.backends.ray_cluster import (
     ray_view,
     stop_ray,
 )
-from sparkctl.backends.replicas import ROUTER_ROLE, plan_replicas
+from sparkctl.backends.replicas import ROUTER_ROLE, plan_replicas, replica_members
 from sparkctl.errors import SparkctlError
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import launch_specs
@@ -170,8 +170,8 @@ class ReplicasBackend(MpBackend):
         plan = plan_replicas(self.inventory, playbook, hosts)
         for group in plan.groups:
             reporter.event(group.nodes[0], f"replica {group.index} on {', '.join(group.nodes)} at {group.url}")
-        members = tuple(Member(f"replica {g.index}", g.nodes[0], g.client_url) for g in plan.groups)
-        return ServePlan((*plan.servers, plan.router), playbook.master_port, members=members)
+        return ServePlan((*plan.servers, plan.router), playbook.master_port,
+                         members=replica_members(self.inventory, playbook))
 
     def launch(self, nodes: AgentClient, plan: ServePlan, secrets: dict[str, str], reporter: Reporter) -> Launched:
         servers = [s for s in plan.specs if s.role != ROUTER_ROLE]
@@ -196,6 +196,11 @@ def backend_for(inventory: Inventory, playbook: Playbook) -> MpBackend | RayBack
     if playbook.data_parallel_size > 1:
         return DpBackend(inventory, playbook)
     return BACKENDS[playbook.backend](inventory, playbook)
+
+
+def members_for(inventory: Inventory, playbook: Playbook) -> tuple[Member, ...]:
+    """The servers behind the playbook's one endpoint (replicas behind the router), else none."""
+    return replica_members(inventory, playbook) if playbook.replicas > 1 else ()
 
 
 def backend_found(nodes: AgentClient, inventory: Inventory, recorded: str | None = None,

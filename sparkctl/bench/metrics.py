@@ -11,7 +11,7 @@ except KV cache usage, which is averaged across engines.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -62,6 +62,20 @@ def parse_metrics(text: str, at: float = 0.0) -> MetricsSample:
         series = by_name[name]
         values[key] = sum(series) / len(series) if key in _AVERAGED else sum(series)
     return MetricsSample(at=at, **values)
+
+
+def combine_samples(samples: Sequence[MetricsSample]) -> MetricsSample:
+    """Several servers' scrapes taken together as one server (replicas behind a router):
+    counters and queue lengths add up, the KV cache usage is their mean; a series is
+    None only where no server publishes it."""
+    values: dict[str, float] = {}
+    for f in fields(MetricsSample):
+        if f.name == "at":
+            continue
+        present = [v for v in (getattr(s, f.name) for s in samples) if v is not None]
+        if present:
+            values[f.name] = sum(present) / len(present) if f.name in _AVERAGED else sum(present)
+    return MetricsSample(at=max((s.at for s in samples), default=0.0), **values)
 
 
 @dataclass(frozen=True)

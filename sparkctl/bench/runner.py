@@ -16,12 +16,12 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, Sequence
 
 import aiohttp
 
 from sparkctl.bench.client import Prompt, RequestRecord, RequestShape, send
-from sparkctl.bench.metrics import MetricsSample, parse_metrics, server_view
+from sparkctl.bench.metrics import MetricsSample, combine_samples, parse_metrics, server_view
 from sparkctl.bench.options import BenchOptions, LoadStep
 from sparkctl.bench.prompts import PromptBuilder, ServerTokenizer, choose_tokenizer
 from sparkctl.bench.stats import StepResult, step_result
@@ -43,6 +43,9 @@ class Target:
     model: str | None  # None: the one model the endpoint serves
     api_key: str | None = None
     nodes: int = 1
+    # the servers whose /metrics make the server's view, when the endpoint is a router
+    # in front of them; empty: the endpoint's own
+    metrics_from: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,20 +144,31 @@ async def probe_streaming(session: aiohttp.ClientSession, shape: RequestShape, t
 # /metrics
 # ----------------------------------------------------------------------------
 class MetricsReader:
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, headers: dict[str, str]):
-        self.session, self.url, self.headers = session, base_url.rstrip("/") + "/metrics", headers
+    """The server's /metrics, or the sum of several servers' (the replicas behind a
+    router, which publishes no vLLM metrics of its own): a sample counts only when
+    every server answered, so a counter never seems to jump."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_urls: Sequence[str], headers: dict[str, str]):
+        self.session, self.headers = session, headers
+        self.urls = [url.rstrip("/") + "/metrics" for url in base_urls]
         self.failures = 0
 
     async def sample(self) -> MetricsSample | None:
+        samples = await asyncio.gather(*(self._scrape(url) for url in self.urls))
+        if any(s is None for s in samples):
+            self.failures += 1
+            return None
+        present = [s for s in samples if s is not None]
+        return present[0] if len(present) == 1 else combine_samples(present)
+
+    async def _scrape(self, url: str) -> MetricsSample | None:
         try:
-            async with self.session.get(self.url, headers=self.headers, timeout=aiohttp.ClientTimeout(total=5)) as r:
+            async with self.session.get(url, headers=self.headers, timeout=aiohttp.ClientTimeout(total=5)) as r:
                 if r.status != 200:
-                    self.failures += 1
                     return None
                 text = await r.text()
             return parse_metrics(text, at=time.perf_counter())
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
-            self.failures += 1
             return None
 
     async def sample_every(self, interval_s: float, into: list[MetricsSample]) -> None:
@@ -350,10 +364,13 @@ async def _bench(target: Target, options: BenchOptions, progress: Progress, stop
         if info.max_model_len is not None and longest > info.max_model_len:
             raise InputError(f"input + output length {longest} exceeds the model's max_model_len {info.max_model_len}",
                              hint="lower --input-len/--output-len, or serve with a larger --max-model-len")
-        metrics: MetricsReader | None = MetricsReader(session, target.base_url, headers)
+        metrics: MetricsReader | None = MetricsReader(session, target.metrics_from or (target.base_url,), headers)
         if metrics is not None and await metrics.sample() is None:
             notes.append("the server has no readable /metrics: the server's view of each step is missing")
             metrics = None
+        elif target.metrics_from:
+            notes.append(f"the server's view is the sum of {len(target.metrics_from)} servers' /metrics "
+                         f"behind the endpoint ({', '.join(target.metrics_from)})")
         run = BenchRun(info, tokenizer.description, tokenizer.exact, shape.ignore_eos, metrics is not None, notes=notes)
         builder = PromptBuilder(tokenizer, options.seed, options.prefix_len)
         rng = random.Random(options.seed)

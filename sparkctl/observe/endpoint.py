@@ -5,10 +5,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sparkctl.bench.metrics import MetricsSample, parse_metrics
-from sparkctl.serve.endpoint import Endpoint
+from sparkctl.bench.metrics import MetricsSample, combine_samples, parse_metrics
+from sparkctl.serve.endpoint import Endpoint, Member
+
+
+@dataclass(frozen=True)
+class MemberSample:
+    """One server behind the endpoint (a replica behind the router), asked itself."""
+
+    member: Member
+    health: int | None
+    metrics: MetricsSample | None
+    metrics_error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {**self.member.to_dict(), "health": self.health, "metrics_error": self.metrics_error}
 
 
 @dataclass(frozen=True)
@@ -18,22 +32,46 @@ class EndpointSample:
     models: tuple[str, ...]
     metrics: MetricsSample | None
     metrics_error: str | None = None
+    members: tuple[MemberSample, ...] = ()
 
 
-def sample_endpoint(endpoint: Endpoint) -> EndpointSample:
+def sample_endpoint(endpoint: Endpoint, members: Sequence[Member] = ()) -> EndpointSample:
+    """/health, /v1/models and /metrics of the endpoint; with members (replicas behind a
+    router, which publishes no vLLM metrics), each member's /health and the sum of their /metrics."""
     at = time.monotonic()
     health = endpoint.health().status
     if health != 200:
-        return EndpointSample(at, health, (), None)
+        return EndpointSample(at, health, (), None, members=_members(endpoint, members))
     _, models = endpoint.model_ids()
+    if members:
+        asked = _members(endpoint, members)
+        failed = next((m for m in asked if m.metrics is None), None)
+        if failed is not None:
+            return EndpointSample(at, health, tuple(models), None, f"{failed.member.label}: {failed.metrics_error}", asked)
+        return EndpointSample(at, health, tuple(models), combine_samples([m.metrics for m in asked if m.metrics]),
+                              members=asked)
+    metrics, error = _metrics(endpoint)
+    return EndpointSample(at, health, tuple(models), metrics, error)
+
+
+def _members(endpoint: Endpoint, members: Sequence[Member]) -> tuple[MemberSample, ...]:
+    samples = []
+    for member in members:
+        server = Endpoint(member.url, api_key=endpoint.api_key, timeout_s=endpoint.timeout_s)
+        health = server.health().status
+        metrics, error = _metrics(server) if health == 200 else (None, f"/health: {health or 'no answer'}")
+        samples.append(MemberSample(member, health, metrics, error))
+    return tuple(samples)
+
+
+def _metrics(endpoint: Endpoint) -> tuple[MetricsSample | None, str | None]:
     reply = endpoint.request("GET", "/metrics")
     if reply.status != 200:
-        return EndpointSample(at, health, tuple(models), None, f"/metrics: {reply.error or reply.status}")
+        return None, f"/metrics: {reply.error or reply.status}"
     try:
-        metrics = parse_metrics(reply.body.decode("utf-8", "replace"), at=time.monotonic())
+        return parse_metrics(reply.body.decode("utf-8", "replace"), at=time.monotonic()), None
     except ValueError as exc:
-        return EndpointSample(at, health, tuple(models), None, f"/metrics: not Prometheus text: {exc}")
-    return EndpointSample(at, health, tuple(models), metrics)
+        return None, f"/metrics: not Prometheus text: {exc}"
 
 
 @dataclass(frozen=True)

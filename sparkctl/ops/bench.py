@@ -9,6 +9,7 @@ from dataclasses import replace
 from typing import Mapping
 
 from sparkctl import __version__
+from sparkctl.backends.serving import members_for
 from sparkctl.bench.options import BenchOptions
 from sparkctl.bench.result import BenchMetadata, BenchResult, ClusterInfo, slo_summary
 from sparkctl.bench.runner import Progress, Target, run_bench
@@ -16,6 +17,7 @@ from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory
 from sparkctl.observe.telemetry import TelemetrySampler
 from sparkctl.playbook import Playbook, load_playbook
+from sparkctl.serve.endpoint import endpoint_url, recorded_members
 from sparkctl.state import StateStore
 
 API_KEY_ENV = "VLLM_API_KEY"  # what vLLM reads for --api-key, and what playbooks forward
@@ -24,8 +26,6 @@ API_KEY_ENV = "VLLM_API_KEY"  # what vLLM reads for --api-key, and what playbook
 def cluster_target(inventory: Inventory, playbook: Playbook | None, environ: Mapping[str, str],
                    api_key_env: str) -> tuple[Target, ClusterInfo]:
     """The endpoint `up` started, its served name and the API key the playbook forwards."""
-    from sparkctl.serve.endpoint import endpoint_url
-
     recorded = StateStore.for_cluster(inventory.cluster).load() or {}
     if playbook is None:
         path = recorded.get("playbook")
@@ -49,8 +49,10 @@ def cluster_target(inventory: Inventory, playbook: Playbook | None, environ: Map
         vllm_args=playbook.vllm_args,
         kv_cache=kv,
     )
+    # behind a router the server's view is the replicas' own /metrics, summed
+    members = recorded_members(recorded.get("members")) if endpoint else members_for(inventory, playbook)
     target = Target(endpoint or endpoint_url(inventory, playbook), playbook.served_model_name, key,
-                    nodes=len(inventory.nodes))
+                    nodes=len(inventory.nodes), metrics_from=tuple(m.url for m in members))
     return target, info
 
 

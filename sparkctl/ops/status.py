@@ -17,13 +17,13 @@ from typing import Any
 
 from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessInfo, RecordStatus, TelemetryReply, TelemetryRequest, to_wire
-from sparkctl.backends.serving import backend_found
+from sparkctl.backends.serving import backend_found, members_for
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.spec import record_dir, tag_prefix
-from sparkctl.observe.endpoint import EndpointSample, Rates, canary, rates, sample_endpoint
+from sparkctl.observe.endpoint import EndpointSample, MemberSample, Rates, canary, rates, sample_endpoint
 from sparkctl.observe.verdict import GpuView, Observation, ProcessView, Progress, Reason, Verdict, judge, process_state
 from sparkctl.playbook import Playbook
-from sparkctl.serve.endpoint import Endpoint, endpoint_url
+from sparkctl.serve.endpoint import Endpoint, endpoint_url, recorded_members
 from sparkctl.state import StateStore
 
 
@@ -99,6 +99,7 @@ class StatusResult:
                 "tokens_frozen_for_s": self.frozen_for_s,
             },
             "canary": self.canary,
+            "members": [m.to_dict() for m in self.metrics.members] if self.metrics else [],
             "nodes": {name: n.to_dict() for name, n in self.nodes.items()},
             "recorded": self.recorded,
             "ray": self.ray,
@@ -136,6 +137,9 @@ class Observer:
         self.url: str | None = url
         self.endpoint = Endpoint(url, api_key=api_key, timeout_s=5) if url else None
         self.model = (self.recorded or {}).get("served_model_name") or (playbook.served_model_name if playbook else None)
+        # replicas behind a router: asked themselves, since the router answers while one of them does
+        self.members = (recorded_members(self.recorded.get("members")) if self.recorded
+                        else members_for(inventory, playbook) if playbook else ())
         self.previous: EndpointSample | None = None
         self.moved_at: float | None = None  # when the token counters last moved (or were first seen)
 
@@ -176,14 +180,14 @@ class Observer:
         ray = backend_found(self.nodes, self.inventory, statuses=statuses).observe(self.nodes)
         anything = any(ns.records or ns.processes for ns in nodes.values())
         endpoint = self.endpoint
-        first = sample_endpoint(endpoint) if endpoint is not None and anything else None
+        first = sample_endpoint(endpoint, self.members) if endpoint is not None and anything else None
         window: Rates | None = None
         frozen: float | None = None
         if endpoint is not None and first is not None:
             window, frozen = self._frozen_for(first)
             if second_look_s > 0 and first.health == 200 and first.metrics is not None:
                 time.sleep(second_look_s)
-                second = sample_endpoint(endpoint)
+                second = sample_endpoint(endpoint, self.members)
                 window, _ = self._frozen_for(second)
                 frozen = None  # one look, not a history: the verdict says how long it looked
                 first = second
@@ -191,6 +195,7 @@ class Observer:
         if canary_timeout_s and first is not None and first.health == 200 and self.model and self.endpoint:
             check = canary(self.endpoint, self.model, canary_timeout_s)
         ray_reasons = tuple(Reason("ray", f"Ray: {problem}") for problem in _ray_problems(ray))
+        member_reasons = _member_reasons(first.members if first and first.health == 200 else ())
         progress = None
         if window is not None and first is not None and first.metrics is not None:
             progress = Progress(window.window_s, first.metrics.running, window.generation_delta, window.prompt_delta)
@@ -204,12 +209,19 @@ class Observer:
             canary=check,
             gpus=tuple(GpuView(n, g.utilization_pct, g.power_w) for n, ns in nodes.items()
                        if ns.telemetry for g in ns.telemetry.gpus),
-            other=ray_reasons,
+            other=(*ray_reasons, *member_reasons),
         )
         verdict = judge(obs, wedge_after_s=self.wedge_after_s)
         return StatusResult(
             self.inventory.cluster, verdict.state, verdict.reasons, self.url, first.health if first else None,
             list(first.models) if first else [], nodes, self.recorded, ray, first, window, frozen, check, time.time())
+
+
+def _member_reasons(members: tuple[MemberSample, ...]) -> tuple[Reason, ...]:
+    return tuple(Reason("replica-health", f"{m.member.label} at {m.member.url} on {m.member.node}: /health "
+                        f"{'no answer' if m.health is None else f'HTTP {m.health}'} (the router answers through the others)",
+                        m.member.node)
+                 for m in members if m.health != 200)
 
 
 def _ray_problems(ray: dict[str, Any] | None) -> list[str]:

@@ -209,7 +209,7 @@ class _UpRun:
                        kv_cache=kv_cache or {}, timings=timings or {})
 
     def _save(self, result: UpResult) -> None:
-        _save(self.store, self.inventory, self.playbook, result, self.serve_plan.control_port)
+        _save(self.store, self.inventory, self.playbook, result, self.serve_plan)
 
 
 def _preflight_checks(
@@ -311,7 +311,7 @@ def _result(
     )
 
 
-def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: UpResult, control_port: int) -> None:
+def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: UpResult, plan: ServePlan) -> None:
     store.save(
         {
             "inventory": os.path.abspath(inventory.path),
@@ -321,7 +321,8 @@ def _save(store: StateStore, inventory: Inventory, playbook: Playbook, result: U
             "served_model_name": result.served_model_name,
             "outcome": result.outcome,
             "nodes": result.nodes,
-            "listen_ports": {inventory.head.name: [playbook.port, control_port]},
+            "members": [member.to_dict() for member in plan.members],  # replicas behind the router
+            "listen_ports": {inventory.head.name: [playbook.port, plan.control_port]},
             "kv_cache": result.kv_cache,
             "timings": result.timings,
         }

@@ -36,6 +36,18 @@ class Member:
     node: str  # the node it serves from
     url: str
 
+    def to_dict(self) -> dict[str, str]:
+        return {"label": self.label, "node": self.node, "url": self.url}
+
+
+def recorded_members(value: object) -> tuple[Member, ...]:
+    """The members `up` recorded in the state file; anything malformed is left out
+    (a hand-edited or older state file must not break `status`)."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(Member(item["label"], item["node"], item["url"]) for item in value
+                 if isinstance(item, dict) and all(isinstance(item.get(k), str) for k in ("label", "node", "url")))
+
 
 class Endpoint:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 5.0):
