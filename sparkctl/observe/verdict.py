@@ -9,7 +9,9 @@ cluster. The rules, in order of precedence:
 - the head's /health does not answer 200: down;
 - a process of the cluster gone, stopped by a signal (T) or a zombie on any node:
   degraded (vLLM's own monitor watches only local processes: the head keeps
-  answering 200 while a remote worker is dead or frozen);
+  answering 200 while a remote worker is dead or frozen); so are the backend's
+  own problems (`other`: Ray missing a node, a replica behind the router not
+  answering /health while the router serves through the others);
 - requests running and no token generated (nor prompt token processed) for
   longer than the wedge threshold, or a canary request that timed out: wedged
   (GPU power near idle at high utilisation is listed as supporting evidence);
@@ -29,7 +31,7 @@ STATES = ("serving", "degraded", "wedged", "down", "stopped", "unreachable")
 
 @dataclass(frozen=True)
 class Reason:
-    code: str  # process-gone | process-stopped | process-zombie | health | tokens-frozen | canary | ray | unreachable
+    code: str  # process-gone | process-stopped | process-zombie | health | tokens-frozen | canary | ray | replica-health | unreachable
     message: str
     node: str | None = None
 
