@@ -268,15 +268,7 @@ class FakeCluster:
         cluster = self
         serves = serving or self.serving
 
-        class Handler(BaseHTTPRequestHandler):
-            def _reply(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if not serves():
                     self._reply(503, {"error": "starting"})
@@ -302,9 +294,6 @@ class FakeCluster:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 self._reply(200 if serves() else 503, {"choices": [{"text": " world"}]})
 
-            def log_message(self, *args: object) -> None:
-                pass
-
         server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
@@ -313,6 +302,21 @@ class FakeCluster:
         finally:
             server.shutdown()
             server.server_close()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """An HTTP handler that answers JSON and logs nothing (the fake endpoints, stub servers)."""
+
+    def _reply(self, status: int, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def _consecutive_sockets(count: int) -> list[socket.socket]:

@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from sparkctl.backends.replicas import plan_replicas
 from sparkctl.inventory import load_inventory
 from sparkctl.playbook import load_playbook
 from tests.conftest import network_plans
+from tests.fake_agent import JsonHandler
 
 REPO = Path(__file__).resolve().parent.parent
 ROUTER = REPO / ".venv" / "bin" / "vllm-router"
@@ -36,30 +37,19 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def stub_server(port: int, served: list[int]) -> Iterator[None]:
-    class Handler(BaseHTTPRequestHandler):
-        def _reply(self, body: object, status: int = 200) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             if self.path == "/health":
-                self._reply({})
+                self._reply(200, {})
             else:
-                self._reply({"object": "list", "data": [{"id": "tiny", "object": "model"}]})
+                self._reply(200, {"object": "list", "data": [{"id": "tiny", "object": "model"}]})
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             served.append(port)
-            self._reply({"id": "x", "object": "text_completion", "model": "tiny",
-                         "choices": [{"index": 0, "text": " ok", "finish_reason": "length"}],
-                         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-
-        def log_message(self, *args: object) -> None:
-            pass
+            self._reply(200, {"id": "x", "object": "text_completion", "model": "tiny",
+                              "choices": [{"index": 0, "text": " ok", "finish_reason": "length"}],
+                              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
