@@ -510,7 +510,7 @@ def test_gather_as_shipped_by_the_agent_client(tmp_path):
     stdin = client.request_stdin(request)
     env = {"PATH": os.environ["PATH"], "SPARKCTL_SYSFS_ROOT": str(SYSFS / "spark-healthy-b")}
     try:
-        proc = subprocess.run([python, "-I", "-c", client.BOOTSTRAP], input=stdin, capture_output=True,
+        proc = subprocess.run([python, "-I", "-c", client.bootstrap_program()], input=stdin, capture_output=True,
                               env=env, cwd=tmp_path, timeout=60)
     finally:
         listener.close()

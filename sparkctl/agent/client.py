@@ -1,14 +1,15 @@
 """Controller side of the node agent: the typed client every command uses to
 talk to the nodes.
 
-The agent's source and one request travel on stdin to `python3 -c BOOTSTRAP`;
-values never travel in argv (BOOTSTRAP is a fixed string; environment values
-and secrets are in the request). Requests and replies are the frozen types of
+The agent's source and one request travel on stdin to `python3 -c BOOTSTRAP`
+(node_bootstrap.py's code); values never travel in argv (BOOTSTRAP is the same
+for every call; environment values and secrets are in the request). Requests and replies are the frozen types of
 sparkctl.agent.protocol, checked on both sides.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import json
@@ -55,34 +56,20 @@ EXTRA_MODULES = {
     "telemetry": ("sparkctl.agent.vllm_probe", "sparkctl.agent.node_facts", "sparkctl.agent.node_telemetry"),
 }
 
-# The one piece of node-side code that cannot be a module: it receives them.
-# It installs the shipped modules under an empty `sparkctl.agent` package (so an
-# installed sparkctl of another version is never imported), dependencies first,
-# the agent last, and answers the request. Compiled code is cached on the node
-# by the hash of the interpreter's version and the source, because compiling
-# ~100 kB of source was most of an agent call's own time.
-BOOTSTRAP = (
-    "import sys,json,types,os,marshal,hashlib;d=json.loads(sys.stdin.readline());c=d.get('cache')\n"
-    "def code(n,s):\n"
-    " if not c:return compile(s,n,'exec')\n"
-    " k=os.path.join(os.path.expanduser(c),n+'-'+hashlib.sha256((sys.version+s).encode()).hexdigest()[:32])\n"
-    " try:\n"
-    "  with open(k,'rb') as f:return marshal.load(f)\n"
-    " except (OSError,ValueError,EOFError,TypeError):pass\n"
-    " o=compile(s,n,'exec')\n"
-    " try:\n"
-    "  os.makedirs(os.path.dirname(k),0o700,exist_ok=True);t=k+'.%d'%os.getpid()\n"
-    "  with open(t,'wb') as f:marshal.dump(o,f)\n"
-    "  os.replace(t,k)\n"
-    " except OSError:pass\n"
-    " return o\n"
-    "for n in ('sparkctl','sparkctl.agent'):\n"
-    " m=types.ModuleType(n);m.__path__=[];sys.modules[n]=m\n"
-    "for n,s in d['mods']:\n"
-    " m=types.ModuleType(n);m.__source__=s;sys.modules[n]=m;p,_,x=n.rpartition('.');setattr(sys.modules[p],x,m)\n"
-    " exec(code(n,s),m.__dict__)\n"
-    "sys.modules['sparkctl.agent.node_agent'].respond(d['req'])"
-)
+
+
+@functools.cache
+def bootstrap_program() -> str:
+    """node_bootstrap.py as the one `-c` argument that receives the other modules.
+    Docstrings and comments are left out: they would only lengthen every agent
+    call's command line (what `ps` on the node shows)."""
+    tree = ast.parse(resources.files("sparkctl.agent").joinpath("node_bootstrap.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.FunctionDef)) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n"
 
 
 class AgentError(OperationFailed):
@@ -115,7 +102,7 @@ def request_stdin(request: Request[Any], *, cache_dir: str | None = None) -> byt
 def call(runner: Runner, node: Node, request: Request[R], *, timeout_s: float = 60.0) -> R:
     """Run one agent operation on a node and return its typed reply (raising AgentError on failure)."""
     stdin = request_stdin(request, cache_dir=f"{node.workdir.rstrip('/')}/agent-cache")
-    result = runner.run([node.python, "-c", BOOTSTRAP], stdin=stdin, timeout_s=timeout_s)
+    result = runner.run([node.python, "-c", bootstrap_program()], stdin=stdin, timeout_s=timeout_s)
     message = _parse_reply(result.text())
     if message is None:
         raise AgentError(node.name, _no_reply_message(node, result.returncode, result.error_text()),
