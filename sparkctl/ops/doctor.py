@@ -8,6 +8,7 @@ from typing import Any
 
 from sparkctl.artefact import open_artefact
 from sparkctl.errors import InputError
+from sparkctl.findings import Severity, worst
 from sparkctl.perf.rules import LOG_EVIDENCE, log_findings
 from sparkctl.probes.nccl_log import parse_nccl_log_lines
 from sparkctl.probes.nccl_tests import parse_nccl_tests_lines
@@ -16,8 +17,9 @@ from sparkctl.serve.vllm_log import LogReader
 
 def nccl_log(path: str) -> dict[str, Any]:
     with open_artefact(path) as artefact:
-        report = parse_nccl_log_lines(artefact.lines).to_dict()
-    report["problem"] = any(f["level"] == "error" for f in report["findings"])
+        parsed = parse_nccl_log_lines(artefact.lines)
+    report = parsed.to_dict()
+    report["problem"] = worst(parsed.findings) is Severity.ERROR
     return report
 
 
