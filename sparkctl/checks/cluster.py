@@ -12,9 +12,9 @@ from typing import Callable, Mapping
 
 from sparkctl.checks.fabric import gib, natural_key, network, rdma_split, section
 from sparkctl.checks.findings import finding
-from sparkctl.findings import Finding, Severity
 from sparkctl.checks.node import NodeContext, fabric_mtus
 from sparkctl.checks.spec import ClusterSpec
+from sparkctl.findings import Finding, Severity
 
 OK, WARNING, ERROR = Severity.OK, Severity.WARNING, Severity.ERROR
 MAX_CLOCK_SKEW_S = 1.0

@@ -27,8 +27,8 @@ from sparkctl.checks.fabric import (
     section,
 )
 from sparkctl.checks.findings import finding
-from sparkctl.findings import Finding, Severity
 from sparkctl.checks.spec import DEFAULT_CPU_KVCACHE_GIB, ClusterSpec, NodeSpec, float_or
+from sparkctl.findings import Finding, Severity
 from sparkctl.netplan import HostPlan
 
 OK, WARNING, ERROR = Severity.OK, Severity.WARNING, Severity.ERROR
