@@ -20,6 +20,7 @@ from sparkctl import jsontext
 from sparkctl.agent.client import Connect, connect
 from sparkctl.errors import InputError, SparkctlError
 from sparkctl.inventory import Inventory
+from sparkctl.observe.verdict import reason_dict
 from sparkctl.ops.status import Observer, StatusResult
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
@@ -128,7 +129,7 @@ def supervise(inventory: Inventory, playbook: Playbook, options: SuperviseOption
                 evidence = collect_evidence(options.evidence_dir, result, inventory, raw)
                 reporter.event(None, f"evidence in {evidence}; restarting (down, then up)")
                 break  # leave the session's connections before down/up open their own
-        history.append({"at": time.time(), "state": result.state, "reasons": [r.to_dict() for r in result.reasons],
+        history.append({"at": time.time(), "state": result.state, "reasons": [reason_dict(r) for r in result.reasons],
                         "evidence": evidence})
         while True:
             restarts.append(clock())
