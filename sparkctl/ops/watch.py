@@ -87,8 +87,6 @@ def supervise(inventory: Inventory, playbook: Playbook, options: SuperviseOption
     """Sample until the cluster is stopped by a person (state file gone) or the
     restart budget is spent; restart (down, then up: `restart`) a cluster that
     stays wedged, degraded or down longer than the grace period."""
-    if options.max_restarts < 0 or options.grace_s < 0 or options.interval_s <= 0:
-        raise InputError("--max-restarts and --grace must be >= 0 and --interval > 0")
     store = StateStore.for_cluster(inventory.cluster)
     if store.load() is None:
         raise InputError(f"cluster {inventory.cluster!r} is not up (no state): start it with `sparkctl up` first")
