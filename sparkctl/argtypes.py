@@ -50,3 +50,11 @@ def flag_value(flag: str, parse: Callable[[str], N], text: str) -> N:
         return parse(text)
     except argparse.ArgumentTypeError as exc:
         raise InputError(f"{flag}: {exc}") from None
+
+
+def number_list(flag: str, parse: Callable[[str], N], text: str) -> tuple[N, ...]:
+    """`1,4,16`: each item one of these types; empty items are skipped, no item at all is refused."""
+    items = [p.strip() for p in text.split(",") if p.strip()]
+    if not items:
+        raise InputError(f"{flag} is empty")
+    return tuple(flag_value(flag, parse, item) for item in items)

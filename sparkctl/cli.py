@@ -24,6 +24,7 @@ from sparkctl.argtypes import (
     mtu,
     non_negative_float,
     non_negative_int,
+    number_list,
     port,
     positive_float,
     positive_int,
@@ -322,10 +323,7 @@ def cmd_nccl_probe(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from sparkctl.ops.run import RunOptions, render_generate, render_throughput, run_offline
 
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
-    except ValueError:
-        raise InputError(f"--batch-sizes takes whole numbers separated by commas, got {args.batch_sizes!r}") from None
+    batch_sizes = number_list("--batch-sizes", positive_int, args.batch_sizes)
     options = RunOptions(
         input_path=args.input,
         output_path=args.output,
@@ -775,6 +773,7 @@ def _explain_command(sub: Subparsers, shared: _Parents) -> None:
     p.add_argument("--quant", choices=["bf16", "fp16", "fp8", "nvfp4", "mxfp4", "int4"], help="weight format (overrides quantization_config)")
     p.add_argument("--all-linear", action="store_true", help="attention and LM head quantized too (e.g. --mxfp4-layers moe,qkv,o,lm_head)")
     p.add_argument("--kv-dtype", choices=["bf16", "fp16", "fp8"], help="KV cache dtype (default bf16, or the playbook's --kv-cache-dtype)")
+    # explain checks its sizes itself: "--tp must be at least 1" is the message its callers read
     p.add_argument("--tp", type=int, help="tensor parallel size (default: the playbook's, else 1)")
     p.add_argument("--pp", type=int, help="pipeline parallel size (default: the playbook's, else 1)")
     p.add_argument("--concurrency", type=int, default=1, help="requests decoding at once (default 1)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sparkctl.argtypes import flag_value, positive_float, positive_int
+from sparkctl.argtypes import flag_value, number_list, positive_float, positive_int
 from sparkctl.errors import InputError
 
 ENDPOINTS = ("completions", "chat")
@@ -90,25 +90,14 @@ class BenchOptions:
 # ----------------------------------------------------------------------------
 # parsing the command line's text
 # ----------------------------------------------------------------------------
-def _items(flag: str, text: str) -> list[str]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise InputError(f"{flag} is empty")
-    return parts
-
-
 def int_list(flag: str, text: str | None) -> tuple[int, ...]:
     """`1,4,16`: whole numbers of 1 or more."""
-    if text is None:
-        return ()
-    return tuple(flag_value(flag, positive_int, p) for p in _items(flag, text))
+    return () if text is None else number_list(flag, positive_int, text)
 
 
 def float_list(flag: str, text: str | None) -> tuple[float, ...]:
     """`0.5,2`: numbers above 0."""
-    if text is None:
-        return ()
-    return tuple(flag_value(flag, positive_float, p) for p in _items(flag, text))
+    return () if text is None else number_list(flag, positive_float, text)
 
 
 def parse_slo(text: str | None) -> Slo:
