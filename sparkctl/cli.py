@@ -186,7 +186,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def cmd_status(args: argparse.Namespace) -> int:
     from sparkctl.ops.status import status
 
