@@ -15,13 +15,16 @@ import signal
 import sys
 import time
 import traceback
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeAlias
 
 from sparkctl import __version__, jsontext, render
 from sparkctl.argtypes import (
     fraction,
+    mtu,
     non_negative_float,
     non_negative_int,
+    number_list,
     port,
     positive_float,
     positive_int,
@@ -183,21 +186,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-
-def _observe_flags(args: argparse.Namespace) -> None:
-    from sparkctl.bench.options import positive
-
-    positive("--interval", args.interval)
-    positive("--wedge-after", args.wedge_after)
-    positive("--canary", args.canary)
-    if hasattr(args, "sample"):
-        positive("--sample", args.sample, allow_zero=True)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from sparkctl.ops.status import status
 
-    _observe_flags(args)
     inventory, playbook = _load(args, playbook="optional")
     api_key = os.environ.get(args.api_key_env) or None
     if args.watch:
@@ -240,7 +231,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from sparkctl.ops.up import up
     from sparkctl.ops.watch import SuperviseOptions, supervise
 
-    _observe_flags(args)
     if not args.restart:
         raise InputError("sparkctl watch supervises with --restart; to only look, use `sparkctl status --watch`")
     inventory, playbook = _load(args, playbook="required")
@@ -332,10 +322,7 @@ def cmd_nccl_probe(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from sparkctl.ops.run import RunOptions, render_generate, render_throughput, run_offline
 
-    try:
-        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
-    except ValueError:
-        raise InputError(f"--batch-sizes takes whole numbers separated by commas, got {args.batch_sizes!r}") from None
+    batch_sizes = number_list("--batch-sizes", positive_int, args.batch_sizes)
     options = RunOptions(
         input_path=args.input,
         output_path=args.output,
@@ -359,15 +346,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _bench_options(args: argparse.Namespace) -> Any:
     from sparkctl.bench import options as o
 
-    for flag, value in (("--duration", args.duration), ("--request-timeout", args.request_timeout),
-                        ("--burstiness", args.burstiness)):
-        o.positive(flag, value)
-    for flag, value in (("--num-prompts", args.num_prompts), ("--output-len", args.output_len),
-                        ("--max-concurrency", args.max_concurrency)):
-        if value is not None and value < 1:
-            raise InputError(f"{flag} must be at least 1, got {value}")
-    if args.warmup < 0 or args.prefix_len < 0:
-        raise InputError("--warmup and --prefix-len must be 0 or more")
     input_lens = o.int_list("--input-len", args.input_len)
     if args.prefix_len and any(args.prefix_len >= n for n in input_lens):
         raise InputError(f"--prefix-len {args.prefix_len} must be shorter than every --input-len ({args.input_len})")
@@ -412,8 +390,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.url:
         if args.inventory or getattr(args, "playbook", None):
             raise InputError("--url benchmarks an endpoint without an inventory: give either --url or -i/-p")
-        if args.nodes < 1:
-            raise InputError(f"--nodes must be at least 1, got {args.nodes}")
         target = Target(args.url, args.model, os.environ.get(args.api_key_env) or None, nodes=args.nodes)
     else:
         inventory, playbook = _load(args, playbook="optional")
@@ -571,7 +547,24 @@ def cmd_completion(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# ----------------------------------------------------------------------------
+# the parser: one function per command group, in the order `--help` lists them
+# ----------------------------------------------------------------------------
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # what add_subparsers returns
+
+
+@dataclass(frozen=True)
+class _Parents:
+    """Flags shared by several commands (argparse parents)."""
+
+    common: argparse.ArgumentParser
+    inv: argparse.ArgumentParser
+    pb: argparse.ArgumentParser
+    quiet: argparse.ArgumentParser
+    report: argparse.ArgumentParser
+
+
+def _parents() -> _Parents:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     common.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
@@ -584,7 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = argparse.ArgumentParser(add_help=False)
     report.add_argument("--report", metavar="FILE.html|FILE.md",
                         help="also write a shareable report: one self-contained HTML page, or Markdown tables")
+    return _Parents(common, inv, pb, quiet, report)
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparkctl",
         description="One vLLM endpoint across several DGX Spark machines, with measurements.",
@@ -593,22 +589,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sparkctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    shared = _parents()
+    for add in (_setup_commands, _observe_commands, _down_command, _probe_command, _run_command, _doctor_command,
+                _bench_commands, _explain_command, _logs_command, _init_command, _completion_command):
+        add(sub, shared)
+    return parser
 
-    p = sub.add_parser("validate", parents=[common, inv, pb], help="check an inventory (and playbook) without touching any node")
+
+def _setup_commands(sub: Subparsers, shared: _Parents) -> None:
+    """validate, exec, check, up: from files to a serving cluster."""
+    p = sub.add_parser("validate", parents=[shared.common, shared.inv, shared.pb], help="check an inventory (and playbook) without touching any node")
     p.set_defaults(handler=cmd_validate)
 
-    p = sub.add_parser("exec", parents=[common, inv], help="run a command on every node in parallel")
+    p = sub.add_parser("exec", parents=[shared.common, shared.inv], help="run a command on every node in parallel")
     p.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per node (default 120)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(handler=cmd_exec)
 
-    p = sub.add_parser("check", parents=[common, inv, pb, quiet, report], help="preflight every node and the fabric; print the network plan")
+    p = sub.add_parser("check", parents=[shared.common, shared.inv, shared.pb, shared.quiet, shared.report], help="preflight every node and the fabric; print the network plan")
     p.add_argument("--plan", action="store_true", help="print only the per-host network plan")
     p.add_argument("--problems-only", action="store_true", help="hide PASS rows")
     p.add_argument("--facts", action="store_true", help="with --json: include every node's raw facts")
     p.set_defaults(handler=cmd_check)
 
-    p = sub.add_parser("up", parents=[common, inv, pb, quiet], help="start vLLM across the nodes and wait until it serves")
+    p = sub.add_parser("up", parents=[shared.common, shared.inv, shared.pb, shared.quiet], help="start vLLM across the nodes and wait until it serves")
     p.add_argument(
         "--ignore-check",
         action="append",
@@ -617,37 +621,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=cmd_up)
 
+
+def _observe_commands(sub: Subparsers, shared: _Parents) -> None:
+    """status and watch, sharing the sampling flags."""
     observe = argparse.ArgumentParser(add_help=False)
-    observe.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between samples (default 5)")
-    observe.add_argument("--wedge-after", type=float, default=30.0, metavar="S",
+    observe.add_argument("--interval", type=positive_float, default=5.0, metavar="S", help="seconds between samples (default 5)")
+    observe.add_argument("--wedge-after", type=positive_float, default=30.0, metavar="S",
                          help="requests running and no token generated this long is a wedge (default 30)")
-    observe.add_argument("--canary", type=float, nargs="?", const=10.0, metavar="S",
+    observe.add_argument("--canary", type=positive_float, nargs="?", const=10.0, metavar="S",
                          help="also send a max_tokens=1 request with this deadline (default 10 s when given)")
     observe.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME",
                          help="variable with the endpoint's API key, for the canary (default VLLM_API_KEY)")
 
-    p = sub.add_parser("status", parents=[common, inv, pb, observe],
+    p = sub.add_parser("status", parents=[shared.common, shared.inv, shared.pb, observe],
                        help="per node: processes, telemetry (GPU, host, logs); the endpoint's metrics; a verdict")
     p.add_argument("--watch", action="store_true", help="refresh every --interval (NDJSON with --json); Ctrl-C ends it")
-    p.add_argument("--sample", type=float, default=3.0, metavar="S",
+    p.add_argument("--sample", type=non_negative_float, default=3.0, metavar="S",
                    help="without --watch: scrape /metrics twice this far apart for rates and a wedge (default 3; 0: once)")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("watch", parents=[common, inv, pb, observe, quiet],
+    p = sub.add_parser("watch", parents=[shared.common, shared.inv, shared.pb, observe, shared.quiet],
                        help="supervise: restart a wedged or degraded cluster (--restart), evidence first, with back-off")
     p.add_argument("--restart", action="store_true", help="restart (down, then up) a cluster bad for longer than --grace")
-    p.add_argument("--grace", type=float, default=60.0, metavar="S", help="how long bad before a restart (default 60)")
-    p.add_argument("--max-restarts", type=int, default=3, help="restarts per hour before giving up (default 3)")
-    p.add_argument("--backoff", type=float, default=30.0, metavar="S", help="wait after a restart; doubles, capped at 600 (default 30)")
+    p.add_argument("--grace", type=non_negative_float, default=60.0, metavar="S", help="how long bad before a restart (default 60)")
+    p.add_argument("--max-restarts", type=non_negative_int, default=3, help="restarts per hour before giving up (default 3)")
+    p.add_argument("--backoff", type=non_negative_float, default=30.0, metavar="S", help="wait after a restart; doubles, capped at 600 (default 30)")
     p.add_argument("--evidence-dir", default="sparkctl-evidence", metavar="DIR",
                    help="where status, logs and metrics are saved before a restart (default ./sparkctl-evidence)")
     p.set_defaults(handler=cmd_watch)
 
-    p = sub.add_parser("down", parents=[common, inv, pb, quiet], help="stop everything sparkctl started and verify nothing is left")
+
+def _down_command(sub: Subparsers, shared: _Parents) -> None:
+    """down."""
+    p = sub.add_parser("down", parents=[shared.common, shared.inv, shared.pb, shared.quiet], help="stop everything sparkctl started and verify nothing is left")
     p.add_argument("--grace", type=non_negative_float, default=None, help="seconds between SIGTERM and SIGKILL (default: playbook's stop_grace_s or 30)")
     p.set_defaults(handler=cmd_down)
 
-    p = sub.add_parser("nccl-probe", parents=[common, inv, pb, quiet, report],
+
+def _probe_command(sub: Subparsers, shared: _Parents) -> None:
+    """nccl-probe: the all-reduce sweep and its verdict thresholds."""
+    p = sub.add_parser("nccl-probe", parents=[shared.common, shared.inv, shared.pb, shared.quiet, shared.report],
                        help="all-reduce sweep across the nodes (NCCL on GPUs, gloo on CPUs): latency, bandwidth, transport")
     p.add_argument("--python", help="interpreter with torch on the nodes (default: the playbook's vLLM Python, else python3)")
     p.add_argument("--sizes", help="explicit sizes, e.g. 8,4K,1M,1G (overrides --min-size/--max-size)")
@@ -672,7 +685,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw latency and bus bandwidth against size (needs matplotlib)")
     p.set_defaults(handler=cmd_nccl_probe)
 
-    p = sub.add_parser("run", parents=[common, inv, pb, quiet],
+
+def _run_command(sub: Subparsers, shared: _Parents) -> None:
+    """run: an offline torchrun job."""
+    p = sub.add_parser("run", parents=[shared.common, shared.inv, shared.pb, shared.quiet],
                        help="an offline SPMD job in a torchrun group (vLLM external_launcher): generate or throughput")
     p.add_argument("job", choices=["generate", "throughput"], help="generate: prompts in, outputs out; throughput: batch-size sweep")
     p.add_argument("--input", help="generate: prompts, one per line or JSONL with a 'prompt' key")
@@ -686,51 +702,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=positive_float, default=3600.0, help="seconds for the whole job, model load included")
     p.set_defaults(handler=cmd_run)
 
-    p = sub.add_parser("doctor", parents=[common], help="read an NCCL debug log, an nccl-tests output or a vLLM log you already have")
+
+def _doctor_command(sub: Subparsers, shared: _Parents) -> None:
+    """doctor: artefacts the user already has."""
+    p = sub.add_parser("doctor", parents=[shared.common], help="read an NCCL debug log, an nccl-tests output or a vLLM log you already have")
     p.add_argument("artefact", choices=["nccl-log", "nccl-tests", "vllm-log"], help="what the file is")
     p.add_argument("file", help="the file ('-' for stdin)")
     p.add_argument("--expect-busbw", type=positive_float, default=22.0, metavar="GBS",
                    help="nccl-tests: the link's expected bus bandwidth in GB/s (default 22, a Spark pair)")
     p.set_defaults(handler=cmd_doctor)
 
+
+def _bench_commands(sub: Subparsers, shared: _Parents) -> None:
+    """bench, bench-compare and sweep, sharing the load ladder."""
     # the load ladder, shared by `bench` and `sweep` (read by _bench_options)
     load = argparse.ArgumentParser(add_help=False)
     p = load
     p.add_argument("--concurrency", metavar="N,N,...", help="closed loop: keep exactly N requests in flight, one step per N (default 1,2,4,8)")
     p.add_argument("--request-rate", metavar="R,R,...", help="open loop: arrivals per second (Poisson unless --burstiness), one step per rate")
-    p.add_argument("--burstiness", type=float, default=1.0, help="open loop: gamma shape of the arrivals (1 = Poisson; lower is burstier)")
-    p.add_argument("--max-concurrency", type=int, help="open loop: at most this many requests in flight")
+    p.add_argument("--burstiness", type=positive_float, default=1.0, help="open loop: gamma shape of the arrivals (1 = Poisson; lower is burstier)")
+    p.add_argument("--max-concurrency", type=positive_int, help="open loop: at most this many requests in flight")
     p.add_argument("--input-len", default="1024", metavar="N,N,...", help="prompt length in tokens; a list makes one step per length (default 1024)")
-    p.add_argument("--output-len", type=int, default=128, help="tokens generated per request (default 128; ignore_eos is sent)")
-    p.add_argument("--num-prompts", type=int, default=64, help="requests per step (default 64)")
-    p.add_argument("--duration", type=float, metavar="S", help="run each step this many seconds instead of --num-prompts requests")
-    p.add_argument("--warmup", type=int, default=2, help="requests before each step that are not counted (default 2)")
-    p.add_argument("--request-timeout", type=float, default=600.0, metavar="S", help="deadline per request (default 600)")
+    p.add_argument("--output-len", type=positive_int, default=128, help="tokens generated per request (default 128; ignore_eos is sent)")
+    p.add_argument("--num-prompts", type=positive_int, default=64, help="requests per step (default 64)")
+    p.add_argument("--duration", type=positive_float, metavar="S", help="run each step this many seconds instead of --num-prompts requests")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="requests before each step that are not counted (default 2)")
+    p.add_argument("--request-timeout", type=positive_float, default=600.0, metavar="S", help="deadline per request (default 600)")
     p.add_argument("--endpoint", choices=["completions", "chat"], default="completions", help="/v1/completions (default) or /v1/chat/completions")
     p.add_argument("--seed", type=int, default=0, help="seed for prompts and arrivals (default 0)")
-    p.add_argument("--prefix-len", type=int, default=0, help="tokens of one prefix shared by every prompt (default 0: all prompts unique)")
+    p.add_argument("--prefix-len", type=non_negative_int, default=0, help="tokens of one prefix shared by every prompt (default 0: all prompts unique)")
     p.add_argument("--tokenizer", metavar="PATH", help="a tokenizer.json or model folder for prompt lengths when the server has no /tokenize")
     p.add_argument("--percentiles", metavar="P,P,...", help="extra percentiles, e.g. 50,90,99 (p99 is always reported)")
     p.add_argument("--slo", metavar="ttft=MS,tpot=MS,e2el=MS", help="SLOs for goodput; the report names the highest load meeting them")
 
-    p = sub.add_parser("bench", parents=[common, inv, pb, quiet, load, report],
+    p = sub.add_parser("bench", parents=[shared.common, shared.inv, shared.pb, shared.quiet, load, shared.report],
                        help="serving benchmark of the cluster's endpoint (or --url): TTFT/TPOT/ITL, throughput, the server's view")
     p.add_argument("--url", help="benchmark this OpenAI-compatible endpoint instead of the inventory's (e.g. http://host:8000)")
     p.add_argument("--model", help="the served model name (default: the playbook's, or the only model the endpoint serves)")
     p.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME",
                    help="environment variable holding the API key, if the endpoint needs one (default VLLM_API_KEY)")
-    p.add_argument("--nodes", type=int, default=1, help="with --url: nodes behind the endpoint, for tok/s per node (default 1)")
+    p.add_argument("--nodes", type=positive_int, default=1, help="with --url: nodes behind the endpoint, for tok/s per node (default 1)")
     p.add_argument("--save-result", metavar="FILE.json", help="write the result document (also when interrupted)")
     p.add_argument("--plot", metavar="FILE.png", help="Pareto chart and latency against load (needs matplotlib)")
     p.set_defaults(handler=cmd_bench)
 
-    p = sub.add_parser("bench-compare", parents=[common],
+    p = sub.add_parser("bench-compare", parents=[shared.common],
                        help="`sparkctl bench compare A.json B.json ...`: results side by side (sparkctl or vllm bench serve files)")
     p.add_argument("results", nargs="+", metavar="RESULT.json", help="result files")
     p.add_argument("--plot", metavar="FILE.png", help="overlaid Pareto chart (needs matplotlib)")
     p.set_defaults(handler=cmd_bench_compare)
 
-    p = sub.add_parser("sweep", parents=[common, inv, pb, quiet, load, report],
+    p = sub.add_parser("sweep", parents=[shared.common, shared.inv, shared.pb, shared.quiet, load, shared.report],
                        help="for each layout: up, the bench ladder, down; then the layouts compared, with a recommendation")
     p.add_argument("--layouts", required=True, metavar="L,L,...", help="layouts to measure, e.g. tp2,dp2,replicas2")
     p.add_argument("--output-dir", metavar="DIR", help="where each layout's result is saved (default sweep-<cluster>)")
@@ -741,26 +763,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key-env", default="VLLM_API_KEY", metavar="NAME", help="environment variable holding the API key (default VLLM_API_KEY)")
     p.set_defaults(handler=cmd_sweep)
 
-    p = sub.add_parser("explain", parents=[common, inv, pb],
+
+def _explain_command(sub: Subparsers, shared: _Parents) -> None:
+    """explain: the performance model and its rules."""
+    p = sub.add_parser("explain", parents=[shared.common, shared.inv, shared.pb],
                        help="predict decode/prefill speed from config.json, say what bounds it, name misconfigurations")
     p.add_argument("--model-config", metavar="CONFIG.json|DIR", help="the model's config.json (default: the playbook's model)")
     p.add_argument("--quant", choices=["bf16", "fp16", "fp8", "nvfp4", "mxfp4", "int4"], help="weight format (overrides quantization_config)")
     p.add_argument("--all-linear", action="store_true", help="attention and LM head quantized too (e.g. --mxfp4-layers moe,qkv,o,lm_head)")
     p.add_argument("--kv-dtype", choices=["bf16", "fp16", "fp8"], help="KV cache dtype (default bf16, or the playbook's --kv-cache-dtype)")
+    # explain checks its sizes itself: "--tp must be at least 1" is the message its callers read
     p.add_argument("--tp", type=int, help="tensor parallel size (default: the playbook's, else 1)")
     p.add_argument("--pp", type=int, help="pipeline parallel size (default: the playbook's, else 1)")
     p.add_argument("--concurrency", type=int, default=1, help="requests decoding at once (default 1)")
     p.add_argument("--context", type=int, default=1024, help="tokens in each request's KV cache; also the prompt for TTFT (default 1024)")
     p.add_argument("--output-len", type=int, help="tokens each request generates: with concurrency > 1, other requests' prompts are prefilled between decode steps")
     p.add_argument("--hardware", default="gb10", help="preset: gb10 (default), h100, h200, a100-40gb, a100-80gb, l40s, rtx4090, rtx5090, rtx-pro-6000, t4")
-    p.add_argument("--mem-bw-gbs", type=float, help="memory bandwidth in GB/s (overrides the preset)")
-    p.add_argument("--tflops", type=float, help="dense tensor TFLOPS (overrides the preset)")
-    p.add_argument("--allreduce-us", type=float, help="small-message all-reduce latency between two TP ranks (default: last nccl-probe, else a Spark-pair default)")
+    p.add_argument("--mem-bw-gbs", type=positive_float, help="memory bandwidth in GB/s (overrides the preset)")
+    p.add_argument("--tflops", type=positive_float, help="dense tensor TFLOPS (overrides the preset)")
+    p.add_argument("--allreduce-us", type=non_negative_float, help="small-message all-reduce latency between two TP ranks (default: last nccl-probe, else a Spark-pair default)")
     p.add_argument("--bench", metavar="RESULT.json", help="a sparkctl bench or vllm bench serve --save-result file to put beside the prediction")
     p.add_argument("--calibrate", metavar="RESULT.json", help="fit this cluster's per-step overhead from a concurrency-1 bench result (needs -i/-p)")
     p.set_defaults(handler=cmd_explain)
 
-    p = sub.add_parser("logs", parents=[common, inv], help="the last lines of each node's vLLM log")
+
+def _logs_command(sub: Subparsers, shared: _Parents) -> None:
+    """logs."""
+    p = sub.add_parser("logs", parents=[shared.common, shared.inv], help="the last lines of each node's vLLM log")
     p.add_argument("--node", help="only this node")
     p.add_argument("-n", "--lines", type=positive_int, default=50, help="lines per node (default 50)")
     # The role names a file on the node: only the roles sparkctl writes logs for.
@@ -768,11 +797,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whose log: vllm (default), router, ray, probe or job")
     p.set_defaults(handler=cmd_logs)
 
-    p = sub.add_parser("init", parents=[common, quiet],
+
+def _init_command(sub: Subparsers, shared: _Parents) -> None:
+    """init: an inventory from fresh Sparks, or a playbook for a model."""
+    p = sub.add_parser("init", parents=[shared.common, shared.quiet],
                        help="write an inventory from fresh Sparks (--hosts), or a playbook for a model (--playbook)")
     p.add_argument("--hosts", metavar="HOST1,HOST2,...", help="management addresses or names of the nodes")
     p.add_argument("--user", help="SSH login (default: the current user)")
-    p.add_argument("--port", type=int, default=22, help="SSH port (default 22)")
+    p.add_argument("--port", type=port, default=22, help="SSH port (default 22)")
     p.add_argument("--identity-file", metavar="FILE", help="private key to log in with")
     p.add_argument("--known-hosts", metavar="FILE", default="~/.ssh/known_hosts", help="where host keys are checked and recorded")
     p.add_argument("--accept-new", action="store_true", help="record unknown host keys without asking (a changed key is refused)")
@@ -780,17 +812,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", metavar="HOST", help="the head node (default: the first host)")
     p.add_argument("-o", "--output", metavar="FILE.yaml", help="where to write (default inventories/NAME.yaml, or playbooks/MODEL.yaml)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p.add_argument("--mtu", type=int, default=9000, help="fabric MTU (default 9000)")
+    p.add_argument("--mtu", type=mtu, default=9000, help="fabric MTU (default 9000)")
     p.add_argument("--apply", action="store_true", help="apply the fabric configuration (fabric interfaces only), verify, roll back on failure")
     p.add_argument("--netplan-dir", default="/etc/netplan", metavar="DIR", help="where --apply writes the netplan file (default /etc/netplan)")
     p.add_argument("--playbook", dest="playbook_model", metavar="MODEL", help="write a playbook for this model directory or id (with -i)")
     p.add_argument("-i", "--inventory", help="with --playbook: the inventory (default: $SPARKCTL_INVENTORY)")
     p.set_defaults(handler=cmd_init)
 
+
+def _completion_command(sub: Subparsers, shared: _Parents) -> None:
+    """completion: shell scripts generated from this parser."""
     p = sub.add_parser("completion", help="print a shell completion script (bash, zsh or fish); see the README")
     p.add_argument("shell", choices=["bash", "zsh", "fish"])
     p.set_defaults(handler=cmd_completion)
-    return parser
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparkctl.findings import Severity
 from sparkctl.inventory import Inventory
 from sparkctl.playbook import Playbook
 
@@ -109,7 +110,8 @@ def _num(value: float | None, fmt: str = ".0f", unit: str = "") -> str:
 def status_text(result: Any, trends: dict[str, list[float | None]] | None = None) -> str:
     """`sparkctl status` for people; with trends (from --watch) a sparkline per series."""
     lines = [f"cluster {result.cluster}: {result.state}"]
-    lines += [f"  {'!' if r.code not in ('stopped', 'gpu-idle-power') else '-'} {r.message}" for r in result.reasons]
+    # what made the verdict (ERROR) gets a "!", supporting evidence and `stopped` a "-"
+    lines += [f"  {'!' if r.severity is Severity.ERROR else '-'} {r.message}" for r in result.reasons]
     if result.endpoint:
         health = result.health if result.health is not None else "no answer"
         lines.append(f"  endpoint {result.endpoint}: /health {health}; models: {', '.join(result.models) or '-'}")

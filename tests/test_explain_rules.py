@@ -46,7 +46,7 @@ def test_args_are_read_in_both_spellings():
 
 def test_enforce_eager_predicts_a_gain():
     f = enforce_eager(ServingConfig("pb", enforce_eager=True), scenario())
-    assert f is not None and "+" in f.predicted_gain and "remove --enforce-eager" in f.fix
+    assert f is not None and "+" in f.predicted_gain and "remove --enforce-eager" in f.hint
     assert enforce_eager(ServingConfig("pb"), scenario()) is None
     assert enforce_eager(ServingConfig("log", enforce_eager=True, cuda=False), scenario()) is None
 
@@ -74,7 +74,7 @@ def test_tp_latency_bound_for_a_small_model():
 def test_max_num_seqs_far_below_kv_capacity():
     p = predict(scenario(concurrency=64, context=2048))
     f = max_num_seqs(ServingConfig("pb", max_num_seqs=4), p, None)
-    assert f is not None and "raise --max-num-seqs" in f.fix
+    assert f is not None and "raise --max-num-seqs" in f.hint
     assert max_num_seqs(ServingConfig("pb", max_num_seqs=128), p, None) is None
 
 
@@ -126,7 +126,7 @@ def test_metrics_snapshot_and_queue_rule():
     snap = parse_metrics(METRICS)
     assert (snap.running, snap.waiting, snap.kv_cache_usage) == (4.0, 12.0, 0.08)
     f = queue_with_free_kv(snap, ServingConfig("pb", max_num_seqs=4))
-    assert f is not None and "12 waiting" in f.evidence and "--max-num-seqs 4" in f.fix
+    assert f is not None and "12 waiting" in f.evidence and "--max-num-seqs 4" in f.hint
     assert queue_with_free_kv(parse_metrics(METRICS.replace(" 0.08", " 0.9")), None) is None
     assert parse_metrics("# nothing of vLLM here\n").running is None
     old_name = parse_metrics(METRICS.replace("kv_cache_usage_perc", "gpu_cache_usage_perc"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sparkctl.findings import level
 from sparkctl.probes.nccl_log import MTU_BYTES, parse_nccl_log
 
 FIXTURES = Path(__file__).parent / "fixtures" / "nccl-debug"
@@ -103,11 +104,11 @@ def test_real_two_spark_log_in_detail():
     ]
     by_code = {f.code: f for f in r.findings}
     ll = by_code["link-local-gid"]
-    assert ll.level == "error"
+    assert level(ll.severity) == "error"
     assert "roceP2p1s0f1" in ll.message and "enP2p1s0f1np1" in ll.message and "rocep1s0f1" not in ll.message
     assert ll.evidence is not None and "GID 0 (80FE/" in ll.evidence
     low = by_code["low-mtu"]
-    assert low.level == "warning" and "1024" in low.message and "9000" in low.message
+    assert level(low.severity) == "warning" and "1024" in low.message and "9000" in low.message
     # the harmless dlvsym INFO lines and missing plugins are not errors
     assert "ib-error" not in by_code and "net-plugin-fallback" not in by_code
 
@@ -115,7 +116,7 @@ def test_real_two_spark_log_in_detail():
 def test_socket_fallback_messages_name_cause_and_fix():
     ec2 = parse_nccl_log(read("ec2-socket-no-ib-device.log"))
     (f,) = ec2.findings
-    assert f.level == "error" and "No device found" in f.message and "/dev/infiniband" in f.message
+    assert level(f.severity) == "error" and "No device found" in f.message and "/dev/infiniband" in f.message
     assert ec2.hosts == ["ip-172-31-12-21", "ip-172-31-12-210"]
     a100 = parse_nccl_log(read("dgx-a100-forced-socket.log"))
     assert a100.nccl_version == "2.11.4+cuda11.4"  # printed without a host prefix
@@ -141,7 +142,7 @@ def test_vllm_ray_log_strips_colour_and_wrappers():
 def test_single_hca_suggests_the_twin():
     r = parse_nccl_log(read("spark-single-hca-mtu9000.log"))
     f = r.findings[0]
-    assert f.code == "single-hca" and f.level == "warning"
+    assert f.code == "single-hca" and level(f.severity) == "warning"
     assert "NCCL_IB_HCA=rocep1s0f1,roceP2p1s0f1" in f.message
     assert r.env["NCCL_IB_HCA"] == "rocep1s0f1"
     assert {q.mtu_bytes for q in r.qps} == {4096}
@@ -183,7 +184,7 @@ def test_glued_and_interleaved_ranks():
     assert {(q.host, q.device, q.gid) for q in r.qps} == {
         ("spark-a1", "rocep1s0f1", "::ffff:192.168.100.10"), ("spark-a1", "roceP2p1s0f1", "::ffff:192.168.101.10"),
         ("spark-b2", "rocep1s0f1", "::ffff:192.168.100.11"), ("spark-b2", "roceP2p1s0f1", "::ffff:192.168.101.11")}
-    assert [f.level for f in r.findings] == ["info"]
+    assert [level(f.severity) for f in r.findings] == ["info"]
 
 
 def test_single_host_logs_are_not_socket_fallback():
@@ -191,7 +192,7 @@ def test_single_host_logs_are_not_socket_fallback():
                        ("single-host-nvls-8gpu.log", "nvls")):
         r = parse_nccl_log(read(name))
         assert r.transport == kind
-        assert not any(f.level in ("error", "warning") for f in r.findings), name
+        assert not any(level(f.severity) in ("error", "warning") for f in r.findings), name
     p2p = parse_nccl_log(read("single-host-p2p-cumem.log"))
     assert p2p.network == "socket" and p2p.nnodes == 1 and p2p.channels == {"P2P/CUMEM": 4}
     nvls = parse_nccl_log(read("single-host-nvls-8gpu.log"))
@@ -213,7 +214,7 @@ def test_inter_node_wins_over_intra_node():
 def test_plugin_failure_and_version_skew():
     ofi = parse_nccl_log(read("spark-ngc-ofi-plugin-socket-fallback.log"))
     plug = next(f for f in ofi.findings if f.code == "net-plugin-fallback")
-    assert plug.level == "warning" and "aws-ofi-nccl initialization failed" in plug.message
+    assert level(plug.severity) == "warning" and "aws-ofi-nccl initialization failed" in plug.message
     assert "NCCL_NET_PLUGIN=none" in plug.message
     skew = parse_nccl_log(read("spark-version-skew-slow-init-pinned-gid.log"))
     assert skew.nccl_versions == ["2.28.9+cuda13.0", "2.28.3+cuda13.0"]

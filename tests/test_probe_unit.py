@@ -14,6 +14,7 @@ import pytest
 
 from sparkctl.backends.torchrun import plan_torchrun
 from sparkctl.errors import DeadlineExceeded, InputError, OperationFailed
+from sparkctl.findings import Finding, Severity, probe_status
 from sparkctl.inventory import load_inventory
 from sparkctl.lifecycle.spec import node_dir
 from sparkctl.probes import allreduce_worker as worker
@@ -22,12 +23,12 @@ from sparkctl.probes.allreduce import (
     GIB,
     KIB,
     MIB,
-    Check,
     ProbeOptions,
     ProbeResult,
     ProbeRow,
     analyse,
     build_job,
+    check_dict,
     judge,
     latency_at,
     parse_result,
@@ -278,7 +279,7 @@ def ib_transports():
 def test_gpu_verdict_ok():
     verdict, checks = judge(gpu_result(HEALTHY_ROWS), ib_transports(), ProbeOptions())
     assert verdict == "ok", checks
-    statuses = {c.name: c.status for c in checks}
+    statuses = {c.code: probe_status(c.severity) for c in checks}
     assert statuses["busbw"] == "ok" and statuses["small-latency"] == "ok" and statuses["transport"] == "ok"
 
 
@@ -286,8 +287,8 @@ def test_gpu_verdict_degraded_on_low_busbw():
     rows = HEALTHY_ROWS[:-1] + [row(GIB, 383000.0, busbw=2.8)]
     verdict, checks = judge(gpu_result(rows), ib_transports(), ProbeOptions())
     assert verdict == "degraded"
-    bad = [c for c in checks if c.status == "degraded"]
-    assert [c.name for c in bad] == ["busbw"] and "2.80 GB/s" in bad[0].reason and "13%" in bad[0].reason
+    bad = [c for c in checks if probe_status(c.severity) == "degraded"]
+    assert [c.code for c in bad] == ["busbw"] and "2.80 GB/s" in bad[0].message and "13%" in bad[0].message
 
 
 def test_busbw_threshold_is_overridable():
@@ -300,15 +301,15 @@ def test_gpu_verdict_degraded_on_small_message_latency():
     rows = [r if r.size_bytes != 8 * KIB else row(8 * KIB, 80.0) for r in HEALTHY_ROWS]
     verdict, checks = judge(gpu_result(rows), ib_transports(), ProbeOptions())
     assert verdict == "degraded"
-    assert any(c.name == "small-latency" and c.status == "degraded" and "80.0 us" in c.reason for c in checks)
+    assert any(c.code == "small-latency" and probe_status(c.severity) == "degraded" and "80.0 us" in c.message for c in checks)
     assert judge(gpu_result(rows), ib_transports(), ProbeOptions(max_small_latency_us=100))[0] == "ok"
 
 
 def test_latency_at_the_small_size_is_interpolated_when_not_measured():
     rows = [row(4 * KIB, 20.0), row(16 * KIB, 40.0), row(256 * MIB, 12538.0, busbw=21.4)]
     verdict, checks = judge(gpu_result(rows), ib_transports(), ProbeOptions())
-    latency = next(c for c in checks if c.name == "small-latency")
-    assert "28.3 us (interpolated)" in latency.reason  # geometric mean of 20 and 40
+    latency = next(c for c in checks if c.code == "small-latency")
+    assert "28.3 us (interpolated)" in latency.message  # geometric mean of 20 and 40
     assert verdict == "ok"
 
 
@@ -318,7 +319,7 @@ def test_gpu_verdict_degraded_on_socket_fallback_and_bad_gid():
     transports = {"spark-a": transport_summary(socket_log), "spark-b": transport_summary(gid_log)}
     verdict, checks = judge(gpu_result(HEALTHY_ROWS), transports, ProbeOptions())
     assert verdict == "degraded"
-    reasons = {c.name: c.reason for c in checks if c.status == "degraded"}
+    reasons = {c.code: c.message for c in checks if probe_status(c.severity) == "degraded"}
     assert "spark-a" in reasons["transport"] and "TCP sockets" in reasons["transport"]
     assert "nccl:link-local-gid" in reasons
 
@@ -327,7 +328,7 @@ def test_gpu_verdict_inconclusive_without_a_large_size():
     rows = [r for r in HEALTHY_ROWS if r.size_bytes <= MIB]
     verdict, checks = judge(gpu_result(rows), ib_transports(), ProbeOptions())
     assert verdict == "inconclusive"
-    assert any(c.name == "busbw" and c.status == "not-judged" and "1G" in c.reason for c in checks)
+    assert any(c.code == "busbw" and probe_status(c.severity) == "not-judged" and "1G" in c.message for c in checks)
 
 
 def test_cpu_gloo_is_inconclusive_not_degraded():
@@ -335,13 +336,13 @@ def test_cpu_gloo_is_inconclusive_not_degraded():
     result = ProbeResult(world_size=2, backend="gloo", rows=rows, modes=["eager"], ranks_agree=True)
     verdict, checks = judge(result, {}, ProbeOptions())
     assert verdict == "inconclusive"
-    assert [c.status for c in checks] == ["not-judged"] and "do not apply" in checks[0].reason
+    assert [probe_status(c.severity) for c in checks] == ["not-judged"] and "do not apply" in checks[0].message
 
 
 def test_wrong_sums_are_degraded_even_on_cpu():
     result = ProbeResult(world_size=2, backend="gloo", rows=[row(8, 300.0)], modes=["eager"], ranks_agree=False)
     verdict, checks = judge(result, {}, ProbeOptions())
-    assert verdict == "degraded" and checks[0].name == "correctness"
+    assert verdict == "degraded" and checks[0].code == "correctness"
 
 
 def test_all_ranks_on_one_host_is_not_a_link_measurement():
@@ -468,16 +469,16 @@ def test_nccl_tests_output_becomes_probe_rows_with_transport(inventory, plans):
     report = analyse(result, {"mpirun (all ranks)": text}, ProbeOptions())
     assert report.transport["mpirun (all ranks)"]["transport"] == "ib"
     assert report.verdict == "inconclusive"  # 16 MiB at most: bandwidth not judged
-    latency = next(c for c in report.checks if c.name == "small-latency")
-    assert latency.status == "ok" and "mean latency at 8 KiB is 27.8 us" in latency.reason
+    latency = next(c for c in report.checks if c.code == "small-latency")
+    assert probe_status(latency.severity) == "ok" and "mean latency at 8 KiB is 27.8 us" in latency.message
 
 
 def test_nccl_tests_large_sizes_judge_bandwidth():
     text = (FIXTURES / "nccl-tests" / "all_reduce-256M-4G-jp-nccl-rebuilt.txt").read_text()
     result = engine.to_result({"eager": parse_nccl_tests(text)})
     result.world_size = result.world_size or 2
-    bw = next(c for c in judge(result, {}, ProbeOptions())[1] if c.name == "busbw")
-    assert bw.status == "ok" and "busbw at 4 GiB is 24.11 GB/s" in bw.reason
+    bw = next(c for c in judge(result, {}, ProbeOptions())[1] if c.code == "busbw")
+    assert probe_status(bw.severity) == "ok" and "busbw at 4 GiB is 24.11 GB/s" in bw.message
 
 
 def test_nccl_tests_failures_explain_ssh(inventory, plans):
@@ -546,7 +547,7 @@ def test_plot_writes_a_png(tmp_path):
 
 
 def test_checks_serialise():
-    assert Check("busbw", "ok", "fine").to_dict() == {"name": "busbw", "status": "ok", "reason": "fine"}
+    assert check_dict(Finding("busbw", Severity.OK, "fine")) == {"name": "busbw", "status": "ok", "reason": "fine"}
 
 
 # ---------------------------------------------------------------- ops helpers (pure parts)
@@ -616,7 +617,7 @@ def test_single_rank_transport_is_not_judged_with_the_right_reason():
 
     single = "vm:626:626 [0] NCCL INFO NCCL version 2.28.9+cuda13.0\n" \
              "vm:626:626 [0] NCCL INFO comm 0x36dc5230 rank 0 nRanks 1 nNodes 1 localRanks 1 localRank 0 MNNVL 0\n"
-    (check,) = [c for c in _transport_checks({"h100": transport_summary(single)}) if c.name == "transport"]
-    assert check.status == "not-judged" and "single rank" in check.reason
-    (empty,) = [c for c in _transport_checks({"n": transport_summary("no nccl here\n")}) if c.name == "transport"]
-    assert "no NCCL INFO lines" in empty.reason
+    (check,) = [c for c in _transport_checks({"h100": transport_summary(single)}) if c.code == "transport"]
+    assert probe_status(check.severity) == "not-judged" and "single rank" in check.message
+    (empty,) = [c for c in _transport_checks({"n": transport_summary("no nccl here\n")}) if c.code == "transport"]
+    assert "no NCCL INFO lines" in empty.message

@@ -32,6 +32,7 @@ from sparkctl.backends.ray import (
 )
 from sparkctl.backends.ray_cluster import ray_stop_allowed
 from sparkctl.errors import InputError
+from sparkctl.findings import Severity
 from sparkctl.inventory import load_inventory
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import check_against_inventory, load_playbook, ray_command
@@ -415,16 +416,16 @@ This process on node 192.168.100.11 was started with:
 
 def test_diagnose_gcs_unreachable():
     early = diagnose_ray_log(GCS_UNREACHABLE, node="node1", gcs_address="192.168.100.10:6379", fabric_address="192.168.100.11")
-    assert early is not None and early.code == "gcs-unreachable" and not early.fatal  # the head may still be starting
+    assert early is not None and early.code == "gcs-unreachable" and early.severity is Severity.WARNING  # the head may still be starting
     assert early.message == "node1: cannot reach the head's Ray GCS at 192.168.100.10:6379"
     assert "firewall" in early.hint and "TCP 6379" in early.hint and "192.168.100.11" in early.hint
     late = diagnose_ray_log(GCS_GAVE_UP, node="node1", gcs_address="192.168.100.10:6379")
-    assert late is not None and late.fatal and "Failed to get cluster ID" in late.line
+    assert late is not None and late.severity is Severity.ERROR and "Failed to get cluster ID" in late.evidence
 
 
 def test_diagnose_version_mismatch():
     finding = diagnose_ray_log(VERSION_MISMATCH, node="node1", gcs_address="a:6379")
-    assert finding is not None and finding.code == "version-mismatch" and finding.fatal
+    assert finding is not None and finding.code == "version-mismatch" and finding.severity is Severity.ERROR
     assert "same Ray version" in finding.hint
     assert diagnose_ray_log("Ray runtime started.\n", node="n", gcs_address="a:1") is None
 

@@ -49,7 +49,7 @@ def install(modules, cache):
         sys.modules[package] = module
     for name, source in modules:
         module = types.ModuleType(name)
-        setattr(module, "__source__", source)  # node_proc ships a module's own source to a child process
+        module.__source__ = source  # type: ignore[attr-defined]  # node_proc ships a module's own source to a child process
         sys.modules[name] = module
         parent, _, leaf = name.rpartition(".")
         setattr(sys.modules[parent], leaf, module)

@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 from sparkctl.backends.mp import vllm_env
 from sparkctl.errors import InputError
+from sparkctl.findings import Finding, Severity
 from sparkctl.inventory import Inventory, Node
 from sparkctl.lifecycle.spec import ProcessSpec, node_dir, serve_argv
 from sparkctl.netplan import HostPlan
@@ -564,17 +565,9 @@ def map_view(view: dict[str, Any], inventory_nodes: Iterable[str]) -> list[dict[
 # ---------------------------------------------------------------------------
 # what a node's `ray start` log says
 # ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RayLogFinding:
-    code: str
-    message: str
-    hint: str
-    line: str
-    fatal: bool  # the node will not join by waiting longer
-
-
-def diagnose_ray_log(text: str, *, node: str, gcs_address: str, fabric_address: str | None = None) -> RayLogFinding | None:
-    """The most telling line of a `ray start` log, with what to do about it."""
+def diagnose_ray_log(text: str, *, node: str, gcs_address: str, fabric_address: str | None = None) -> Finding | None:
+    """The most telling line of a `ray start` log (the evidence), with what to do about it.
+    ERROR: the node will not join by waiting longer; WARNING: it may still (the head may be starting)."""
     port = gcs_address.rsplit(":", 1)[-1]
     rules: list[tuple[str, tuple[str, ...], str, str, bool]] = [
         ("version-mismatch", ("Version mismatch",),
@@ -603,5 +596,6 @@ def diagnose_ray_log(text: str, *, node: str, gcs_address: str, fabric_address: 
         for line in reversed(lines):
             if any(needle in line for needle in needles):
                 definite = fatal or "Failed to get cluster ID from GCS server" in text
-                return RayLogFinding(code, message, hint, line.strip()[:300], definite)
+                return Finding(code, Severity.ERROR if definite else Severity.WARNING, message,
+                               evidence=line.strip()[:300], hint=hint, node=node)
     return None

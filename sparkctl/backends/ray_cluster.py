@@ -45,6 +45,7 @@ from sparkctl.backends.ray import (
     verify_membership,
 )
 from sparkctl.errors import DeadlineExceeded, OperationFailed, SparkctlError
+from sparkctl.findings import Severity
 from sparkctl.inventory import Inventory, Node
 from sparkctl.lifecycle.launch import launch_specs, values_or_raise
 from sparkctl.lifecycle.spec import ProcessSpec, status_request, tag_prefix
@@ -305,13 +306,13 @@ def _wait_for(
             if not watch.logs[name].alive:
                 raise OperationFailed(
                     f"{name}: `ray start` exited" + (f": {finding.message.split(': ', 1)[-1]}" if finding else ""),
-                    details=([f"{name} log: {finding.line}"] if finding else []) + watch.logs[name].details("Ray log", 15),
+                    details=([f"{name} log: {finding.evidence}"] if finding else []) + watch.logs[name].details("Ray log", 15),
                     hint=finding.hint if finding else "the log above says why; `sparkctl logs` shows more",
                 )
-            if finding is not None and finding.fatal:
+            if finding is not None and finding.severity is Severity.ERROR:
                 raise OperationFailed(
                     f"{finding.message}; it did not join the Ray cluster",
-                    details=[f"{name} log: {finding.line}"] + watch.logs[name].details("Ray log", 15),
+                    details=[f"{name} log: {finding.evidence}"] + watch.logs[name].details("Ray log", 15),
                     hint=finding.hint,
                 )
         view = ray_cluster_view(nodes, inventory.node(plan.head), plan.ray_python or "python3", plan.gcs_address,
@@ -363,7 +364,7 @@ def _join_deadline(plan: RayPlan, watch: LogWatch, membership: Membership, what:
         finding = diagnose_ray_log(text, node=name, gcs_address=plan.gcs_address,
                                    fabric_address=next((e.address for e in plan.expected if e.name == name), None))
         if finding is not None:
-            details.append(f"{finding.message}: {finding.line}")
+            details.append(f"{finding.message}: {finding.evidence}")
             hint = hint or finding.hint
         details += watch.logs[name].details("Ray log", 15) if name in watch.logs else []
     if error:

@@ -1,14 +1,15 @@
 """What a benchmark run asks for: the load steps, the request shape and the
 limits, as typed values parsed from the command line's text.
 
-Every parser here raises InputError (exit 2) naming the flag, never ValueError.
+Every parser here raises InputError (exit 2) naming the flag, never ValueError; the
+numbers in the lists follow sparkctl.argtypes, like every other numeric flag.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from sparkctl.argtypes import flag_value, number_list, positive_float, positive_int
 from sparkctl.errors import InputError
 
 ENDPOINTS = ("completions", "chat")
@@ -89,42 +90,14 @@ class BenchOptions:
 # ----------------------------------------------------------------------------
 # parsing the command line's text
 # ----------------------------------------------------------------------------
-def _number(flag: str, text: str, *, integer: bool, minimum: float, allow_equal: bool = True) -> float:
-    try:
-        value = int(text) if integer else float(text)
-    except ValueError:
-        kind = "whole numbers" if integer else "numbers"
-        raise InputError(f"{flag} takes {kind} separated by commas, got {text!r}") from None
-    if not math.isfinite(value) or value < minimum or (not allow_equal and value == minimum):
-        bound = f"> {minimum:g}" if not allow_equal else f">= {minimum:g}"
-        raise InputError(f"{flag}: {text!r} is out of range (must be {bound})")
-    return value
-
-
-def int_list(flag: str, text: str | None, *, minimum: int = 1) -> tuple[int, ...]:
-    if text is None:
-        return ()
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise InputError(f"{flag} is empty")
-    return tuple(int(_number(flag, p, integer=True, minimum=minimum)) for p in parts)
+def int_list(flag: str, text: str | None) -> tuple[int, ...]:
+    """`1,4,16`: whole numbers of 1 or more."""
+    return () if text is None else number_list(flag, positive_int, text)
 
 
 def float_list(flag: str, text: str | None) -> tuple[float, ...]:
-    if text is None:
-        return ()
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise InputError(f"{flag} is empty")
-    return tuple(_number(flag, p, integer=False, minimum=0.0, allow_equal=False) for p in parts)
-
-
-def positive(flag: str, value: float | None, *, allow_zero: bool = False) -> None:
-    """Refuse NaN, infinity and non-positive values for a numeric flag."""
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise InputError(f"{flag} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    """`0.5,2`: numbers above 0."""
+    return () if text is None else number_list(flag, positive_float, text)
 
 
 def parse_slo(text: str | None) -> Slo:
@@ -137,7 +110,7 @@ def parse_slo(text: str | None) -> Slo:
         name = name.strip().lower().removesuffix("_ms")
         if not sep or name not in SLO_METRICS:
             raise InputError(f"--slo takes ttft=MS,tpot=MS,e2el=MS, got {part.strip()!r}")
-        values[name] = _number("--slo", number.strip(), integer=False, minimum=0.0, allow_equal=False)
+        values[name] = flag_value("--slo", positive_float, number.strip())
     return Slo(values.get("ttft"), values.get("tpot"), values.get("e2el"))
 
 

@@ -15,7 +15,7 @@ no I/O here. Typical use on the controller:
 """
 
 from sparkctl.checks.cluster import clock_offset
-from sparkctl.checks.findings import CATALOGUE, CheckInfo, Finding, Status, catalogue_markdown, finding, worst
+from sparkctl.checks.findings import CATALOGUE, CheckInfo, catalogue_markdown, finding
 from sparkctl.checks.node import rdma_requirement
 from sparkctl.checks.plan import PLAN_VARS, NetworkPlan, derive_plan
 from sparkctl.checks.preflight import check_cluster, infer_cpu_only, run_checks
@@ -28,11 +28,9 @@ __all__ = [
     "CheckInfo",
     "CheckReport",
     "ClusterSpec",
-    "Finding",
     "NetworkPlan",
     "NodeSpec",
     "PLAN_VARS",
-    "Status",
     "catalogue_markdown",
     "check_cluster",
     "clock_offset",
@@ -47,5 +45,4 @@ __all__ = [
     "render_text",
     "run_checks",
     "summarize_facts",
-    "worst",
 ]

@@ -1,4 +1,4 @@
-"""Findings and the catalogue of every check `sparkctl check` runs.
+"""Check findings and the catalogue of every check `sparkctl check` runs.
 
 A check id is stable (`area.name`): scripts, `--json` consumers and the README
 (generated from CATALOGUE) rely on it. Adding a check means adding it here first;
@@ -7,32 +7,10 @@ A check id is stable (`area.name`): scripts, `--json` consumers and the README
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any
 
-
-class Status(str, enum.Enum):
-    PASS = "PASS"
-    WARN = "WARN"
-    FAIL = "FAIL"
-
-    @property
-    def rank(self) -> int:
-        return {"PASS": 0, "WARN": 1, "FAIL": 2}[self.value]
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str  # a CATALOGUE id, e.g. "rdma.twins-active"
-    status: Status
-    node: str | None  # None: about the cluster as a whole
-    evidence: str
-    hint: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"check": self.check, "status": self.status.value, "node": self.node, "evidence": self.evidence,
-                "hint": self.hint}
+from sparkctl.findings import Finding, Severity, check_status
 
 
 @dataclass(frozen=True)
@@ -83,14 +61,18 @@ _CHECKS: tuple[tuple[str, str, str], ...] = (
 CATALOGUE: dict[str, CheckInfo] = {cid: CheckInfo(cid, scope, summary) for cid, scope, summary in _CHECKS}
 
 
-def finding(check: str, status: Status, node: str | None, evidence: str, hint: str | None = None) -> Finding:
+def finding(check: str, severity: Severity, node: str | None, evidence: str, hint: str | None = None) -> Finding:
+    """A check's finding: its catalogue id is the code and what it verifies the message; the
+    evidence says what was seen. A passed check needs no hint."""
     if check not in CATALOGUE:
         raise KeyError(f"unknown check id {check!r}: add it to sparkctl.checks.findings.CATALOGUE")
-    return Finding(check=check, status=status, node=node, evidence=evidence, hint=hint if status != Status.PASS else None)
+    return Finding(code=check, severity=severity, message=CATALOGUE[check].summary, evidence=evidence,
+                   hint=hint if severity is not Severity.OK else None, node=node)
 
 
-def worst(findings: list[Finding] | tuple[Finding, ...]) -> Status:
-    return max((f.status for f in findings), key=lambda s: s.rank, default=Status.PASS)
+def finding_dict(f: Finding) -> dict[str, Any]:
+    """A check's finding in `check --json` (the contract scripts read)."""
+    return {"check": f.code, "status": check_status(f.severity), "node": f.node, "evidence": f.evidence, "hint": f.hint}
 
 
 def catalogue_markdown() -> str:

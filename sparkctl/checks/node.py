@@ -26,11 +26,12 @@ from sparkctl.checks.fabric import (
     network,
     section,
 )
-from sparkctl.checks.findings import Finding, Status, finding
+from sparkctl.checks.findings import finding
 from sparkctl.checks.spec import DEFAULT_CPU_KVCACHE_GIB, ClusterSpec, NodeSpec, float_or
+from sparkctl.findings import Finding, Severity
 from sparkctl.netplan import HostPlan
 
-PASS, WARN, FAIL = Status.PASS, Status.WARN, Status.FAIL
+OK, WARNING, ERROR = Severity.OK, Severity.WARNING, Severity.ERROR
 RECOMMENDED_MTU = 9000
 FULL_RATE_GBPS = 200
 MIN_FREE_DISK = 10 * 2**30
@@ -59,8 +60,8 @@ class NodeContext:
     def name(self) -> str:
         return self.node.name
 
-    def f(self, check: str, status: Status, evidence: str, hint: str | None = None) -> Finding:
-        return finding(check, status, self.node.name, evidence, hint)
+    def f(self, check: str, severity: Severity, evidence: str, hint: str | None = None) -> Finding:
+        return finding(check, severity, self.node.name, evidence, hint)
 
     @property
     def uses_rdma(self) -> bool:
@@ -122,15 +123,15 @@ def check_gpu(ctx: NodeContext) -> list[Finding]:
                  f"{gpu.get('cuda_driver_version') or '?'}, via {gpu.get('source')})")
     if count == 0:
         if ctx.cpu_only:
-            return [ctx.f("gpu.present", PASS, "no GPU: the playbook runs vLLM on CPU")]
+            return [ctx.f("gpu.present", OK, "no GPU: the playbook runs vLLM on CPU")]
         tried = "; ".join(gpu.get("attempts") or []) or "no source answered"
-        return [ctx.f("gpu.present", FAIL, f"no GPU visible ({tried})",
+        return [ctx.f("gpu.present", ERROR, f"no GPU visible ({tried})",
                       "check `nvidia-smi` on the node (driver loaded? DGX OS up to date?); for a CPU-only test "
                       "cluster set VLLM_TARGET_DEVICE: cpu in the playbook env")]
     if count < ctx.node.gpus:
-        return [ctx.f("gpu.present", FAIL, f"{described}; the inventory says nodes[].gpus = {ctx.node.gpus}",
+        return [ctx.f("gpu.present", ERROR, f"{described}; the inventory says nodes[].gpus = {ctx.node.gpus}",
                       "fix nodes[].gpus or find out why a GPU is missing (`nvidia-smi -L`)")]
-    return [ctx.f("gpu.present", PASS, described)]
+    return [ctx.f("gpu.present", OK, described)]
 
 
 # --------------------------------------------------------------------------
@@ -145,20 +146,20 @@ def check_rdma(ctx: NodeContext) -> list[Finding]:
     if not fab.has_devices:
         where = f"{root} is empty" if rdma.get("present") else f"{root} does not exist"
         if ctx.rdma_required:
-            return [ctx.f("rdma.devices", FAIL, f"no RDMA devices ({where}; {ctx.rdma_reason})", HOTPLUG_HINT)]
+            return [ctx.f("rdma.devices", ERROR, f"no RDMA devices ({where}; {ctx.rdma_reason})", HOTPLUG_HINT)]
         if not ctx.spec.multi_node:
-            return [ctx.f("rdma.devices", PASS, f"no RDMA devices; {ctx.rdma_reason}")]
-        return [ctx.f("rdma.devices", WARN, f"no RDMA hardware: RoCE checks skipped ({where}; {ctx.rdma_reason})",
+            return [ctx.f("rdma.devices", OK, f"no RDMA devices; {ctx.rdma_reason}")]
+        return [ctx.f("rdma.devices", WARNING, f"no RDMA hardware: RoCE checks skipped ({where}; {ctx.rdma_reason})",
                       "expected on CPU test hosts; on a Spark: " + HOTPLUG_HINT)]
     fw = sorted({t.fw_ver for t in fab.twins if t.fw_ver})
     listed = ", ".join(t.name for t in fab.twins)
     out = []
     missing = [h for h in ctx.spec.fabric_hcas or () if h not in {t.hca for t in fab.twins}]
     if missing:
-        out.append(ctx.f("rdma.devices", FAIL, f"fabric.hcas names {', '.join(missing)}, not found (have: {listed})",
+        out.append(ctx.f("rdma.devices", ERROR, f"fabric.hcas names {', '.join(missing)}, not found (have: {listed})",
                          "fix inventory fabric.hcas (names from `ls /sys/class/infiniband` on the node) or remove it"))
     else:
-        out.append(ctx.f("rdma.devices", PASS, f"{len(fab.twins)} RDMA device port(s): {listed}"
+        out.append(ctx.f("rdma.devices", OK, f"{len(fab.twins)} RDMA device port(s): {listed}"
                          + (f" (firmware {', '.join(fw)})" if fw else "")))
     if not (ctx.spec.multi_node or ctx.spec.fabric_hcas):
         return out
@@ -172,19 +173,19 @@ def _check_cage(ctx: NodeContext) -> list[Finding]:
     fab = ctx.fabric
     states = ", ".join(f"{t.hca} {t.state_text()}" for t in fab.twins)
     if ctx.spec.fabric_hcas:
-        return [ctx.f("rdma.cabled-cage", PASS, f"HCAs from inventory fabric.hcas: {', '.join(fab.hcas)}"
+        return [ctx.f("rdma.cabled-cage", OK, f"HCAs from inventory fabric.hcas: {', '.join(fab.hcas)}"
                       + (f"; cabled: {', '.join(fab.cabled)}" if fab.cabled else ""))]
     if not fab.cabled:
-        status = FAIL if ctx.rdma_required else WARN
+        status = ERROR if ctx.rdma_required else WARNING
         return [ctx.f("rdma.cabled-cage", status, f"no QSFP cage has link ({states})",
                       "plug the QSFP cable into the same cage on every node, then reboot the nodes with it attached "
                       "(a cable hot-plugged at runtime leaves the link at ~13 Gb/s until reboot)")]
     twins = ", ".join(t.name for t in fab.selected)
     if len(fab.cabled) > 1:
-        return [ctx.f("rdma.cabled-cage", WARN, f"{len(fab.cabled)} cages have link ({', '.join(fab.cabled)}): {twins}",
+        return [ctx.f("rdma.cabled-cage", WARNING, f"{len(fab.cabled)} cages have link ({', '.join(fab.cabled)}): {twins}",
                       "a second cable adds ~5%; if intended, give all four interfaces IPv4 addresses on their own "
                       "subnets and set fabric.hcas; otherwise unplug one cable")]
-    return [ctx.f("rdma.cabled-cage", PASS, f"cage {fab.cabled[0]} cabled: twins {twins}")]
+    return [ctx.f("rdma.cabled-cage", OK, f"cage {fab.cabled[0]} cabled: twins {twins}")]
 
 
 def _check_twins(ctx: NodeContext) -> list[Finding]:
@@ -197,35 +198,35 @@ def _check_twins(ctx: NodeContext) -> list[Finding]:
         evidence = "; ".join(f"{t.name} is {t.state_text()} (netdev {t.operstate or '?'})" for t in down)
         if up:
             evidence += f" while {', '.join(f'{t.name} is {t.state_text()}' for t in up)}: NCCL gets half the bandwidth"
-        out.append(ctx.f("rdma.twins-active", FAIL, evidence,
+        out.append(ctx.f("rdma.twins-active", ERROR, evidence,
                          f"both twins of a cage come up with one cable: `sudo ip link set {down[0].netdev} up`, "
                          "check NetworkManager (`nmcli device status`), then reboot both nodes with the cable attached"))
     elif not ctx.spec.fabric_hcas and any(len(ctx.fabric.cages.get(c, ())) < 2 for c in fab.cabled):
-        out.append(ctx.f("rdma.twins-active", WARN,
+        out.append(ctx.f("rdma.twins-active", WARNING,
                          f"only one RDMA function serves the cabled cage ({', '.join(t.name for t in sel)}, ACTIVE): "
                          "a Spark has two twins per cage, each ~100 Gb/s",
                          "check that all four ConnectX-7 functions are present (`lspci | grep -i mellanox`)"))
     else:
-        out.append(ctx.f("rdma.twins-active", PASS, ", ".join(f"{t.name} {t.state_text()}" for t in sel)))
+        out.append(ctx.f("rdma.twins-active", OK, ", ".join(f"{t.name} {t.state_text()}" for t in sel)))
     active = [t for t in sel if t.active]
     if active:
         wrong = [t for t in active if (t.link_layer or "").lower() != "ethernet"]
         if wrong:
-            out.append(ctx.f("rdma.link-layer", FAIL,
+            out.append(ctx.f("rdma.link-layer", ERROR,
                              ", ".join(f"{t.hca} link layer {t.link_layer or 'unknown'}" for t in wrong),
                              "the Spark's ConnectX-7 runs RoCE: set the port type to Ethernet "
                              "(mlxconfig LINK_TYPE_P1=2) and reboot"))
         else:
-            out.append(ctx.f("rdma.link-layer", PASS, "Ethernet (RoCE) on " + ", ".join(t.hca for t in active)))
+            out.append(ctx.f("rdma.link-layer", OK, "Ethernet (RoCE) on " + ", ".join(t.hca for t in active)))
         slow = [t for t in active if (t.rate_gbps or 0) < FULL_RATE_GBPS
                 or (t.speed_mbps is not None and t.speed_mbps < FULL_RATE_GBPS * 1000)]
         rates = ", ".join(f"{t.hca} {t.rate or '?'} (netdev {t.speed_mbps or '?'} Mb/s)" for t in (slow or active))
         if slow:
-            out.append(ctx.f("rdma.rate", WARN, rates,
+            out.append(ctx.f("rdma.rate", WARNING, rates,
                              "a direct DAC runs at 200 Gb/s (4X); behind a switch set the port to 200G "
                              "(200G-baseCR4, autoneg off); check the cable and `lspci -vv` LnkSta Width x4"))
         else:
-            out.append(ctx.f("rdma.rate", PASS, rates))
+            out.append(ctx.f("rdma.rate", OK, rates))
     out += _check_addresses(ctx)
     out += _check_gids(ctx)
     return out
@@ -239,17 +240,17 @@ def _check_addresses(ctx: NodeContext) -> list[Finding]:
     listed = ", ".join(f"{t.netdev} {' '.join(t.ipv4) or 'no IPv4'}" for t in sel)
     if none:
         out.append(ctx.f(
-            "net.twin-ipv4", FAIL,
+            "net.twin-ipv4", ERROR,
             f"{listed}: {', '.join(t.netdev or t.hca for t in none)} has no IPv4 address, so "
             f"{', '.join(t.hca for t in none)} has no IPv4 RoCE v2 GID and NCCL falls back to the fe80 GID 0 "
             "(RoCE timeouts or one twin only)",
             f"give every twin a static IPv4 on its own subnet, e.g. netplan `{none[0].netdev}: addresses: "
             "[192.168.101.10/24]` (the old link-local netplan lists only enp1s0f*), then `sudo netplan apply`"))
     elif many:
-        out.append(ctx.f("net.twin-ipv4", WARN, f"{listed}: more than one IPv4 on {', '.join(str(t.netdev) for t in many)}",
+        out.append(ctx.f("net.twin-ipv4", WARNING, f"{listed}: more than one IPv4 on {', '.join(str(t.netdev) for t in many)}",
                          "keep exactly one IPv4 per twin (each address adds GIDs; NCCL uses the first it matches)"))
     else:
-        out.append(ctx.f("net.twin-ipv4", PASS, listed))
+        out.append(ctx.f("net.twin-ipv4", OK, listed))
     addressed = [t for t in sel if t.ipv4]
     if len(addressed) >= 2:
         nets: dict[str, list[Twin]] = {}
@@ -258,11 +259,11 @@ def _check_addresses(ctx: NodeContext) -> list[Finding]:
         shared = {n: ts for n, ts in nets.items() if len(ts) > 1}
         if shared:
             text = "; ".join(f"{' and '.join(f'{t.netdev} {t.ipv4[0]}' for t in ts)} share {n}" for n, ts in shared.items())
-            out.append(ctx.f("net.twin-subnets", FAIL, text,
+            out.append(ctx.f("net.twin-subnets", ERROR, text,
                              "put each twin on its own subnet (e.g. 192.168.100.0/24 and 192.168.101.0/24): one "
                              "subnet on both twins confuses routing and NCCL's address matching"))
         else:
-            out.append(ctx.f("net.twin-subnets", PASS, ", ".join(f"{t.netdev} {network(t.ipv4[0])}" for t in addressed)))
+            out.append(ctx.f("net.twin-subnets", OK, ", ".join(f"{t.netdev} {network(t.ipv4[0])}" for t in addressed)))
     return out
 
 
@@ -285,12 +286,12 @@ def _check_gids(ctx: NodeContext) -> list[Finding]:
             bad.append(f"{t.hca}: no RoCE v2 GID for {', '.join(t.addresses)} on {t.netdev} (GIDs {_describe_gids(t)})")
     out = []
     if bad:
-        out.append(ctx.f("rdma.roce-v2-gid", FAIL, "; ".join(bad + good),
+        out.append(ctx.f("rdma.roce-v2-gid", ERROR, "; ".join(bad + good),
                          "NCCL needs an IPv4 RoCE v2 GID on every HCA, else it uses GID 0 (fe80) and times out or "
                          "runs one twin: give each twin its IPv4 address (the kernel then adds the GIDs); if the "
                          "address is there but the GID is not, bounce the link or reboot"))
     else:
-        out.append(ctx.f("rdma.roce-v2-gid", PASS, "; ".join(good)))
+        out.append(ctx.f("rdma.roce-v2-gid", OK, "; ".join(good)))
     out.append(_check_gid_pin(ctx))
     return out
 
@@ -299,18 +300,18 @@ def _check_gid_pin(ctx: NodeContext) -> Finding:
     pinned = ctx.env.get("NCCL_IB_GID_INDEX")
     auto = ", ".join(f"{t.hca} {g.index}" for t in ctx.fabric.selected if (g := t.roce_v2_ipv4_gid()) is not None)
     if pinned is None:
-        return ctx.f("rdma.gid-index-pin", PASS,
+        return ctx.f("rdma.gid-index-pin", OK,
                      "NCCL_IB_GID_INDEX unset: NCCL picks the RoCE v2 IPv4 GID per HCA" + (f" ({auto})" if auto else ""))
     where = ctx.env_source.get("NCCL_IB_GID_INDEX", "the environment")
     hint = ("remove NCCL_IB_GID_INDEX: NCCL's auto-selection finds the right GID on each HCA, and indexes drift "
             "after link events (3 -> 4 has been seen within 30 minutes)")
     if not pinned.strip().lstrip("-").isdigit():
-        return ctx.f("rdma.gid-index-pin", WARN,
+        return ctx.f("rdma.gid-index-pin", WARNING,
                      f"NCCL_IB_GID_INDEX={pinned!r} ({where}): not a number; an empty value is read as 0, the "
                      "fe80 link-local GID", hint)
     index = int(pinned)
     if index < 0:
-        return ctx.f("rdma.gid-index-pin", PASS, f"NCCL_IB_GID_INDEX={index} ({where}): automatic selection")
+        return ctx.f("rdma.gid-index-pin", OK, f"NCCL_IB_GID_INDEX={index} ({where}): automatic selection")
     wrong = []
     for t in ctx.fabric.selected:
         g = t.gid(index)
@@ -320,8 +321,8 @@ def _check_gid_pin(ctx: NodeContext) -> Finding:
             wrong.append(f"on {t.hca} index {index} is {have}"
                          + (f"; its RoCE v2 IPv4 GID is index {right.index}" if right else ""))
     if wrong:
-        return ctx.f("rdma.gid-index-pin", WARN, f"NCCL_IB_GID_INDEX={index} ({where}) but " + "; ".join(wrong), hint)
-    return ctx.f("rdma.gid-index-pin", PASS,
+        return ctx.f("rdma.gid-index-pin", WARNING, f"NCCL_IB_GID_INDEX={index} ({where}) but " + "; ".join(wrong), hint)
+    return ctx.f("rdma.gid-index-pin", OK,
                  f"NCCL_IB_GID_INDEX={index} ({where}) is the RoCE v2 IPv4 GID on every HCA (unset would be safer)")
 
 
@@ -334,10 +335,10 @@ def check_transport(ctx: NodeContext) -> list[Finding]:
     if (ctx.env.get("NCCL_NET") or "").strip().lower() == "socket":
         forced.append(f"NCCL_NET={ctx.env['NCCL_NET']} ({ctx.env_source.get('NCCL_NET')})")
     if forced:
-        return [ctx.f("env.nccl-transport", WARN,
+        return [ctx.f("env.nccl-transport", WARNING,
                       f"{'; '.join(forced)}: NCCL will use TCP sockets although RoCE is cabled (~30% less "
                       "bandwidth, much higher latency)", "remove the variable unless sockets are wanted on purpose")]
-    return [ctx.f("env.nccl-transport", PASS, "NCCL may use RoCE (NCCL_IB_DISABLE and NCCL_NET=Socket not set)")]
+    return [ctx.f("env.nccl-transport", OK, "NCCL may use RoCE (NCCL_IB_DISABLE and NCCL_NET=Socket not set)")]
 
 
 # --------------------------------------------------------------------------
@@ -350,25 +351,25 @@ def check_fabric_address(ctx: NodeContext) -> list[Finding]:
     node, spec = ctx.node, ctx.spec
     if spec.fabric_interface and spec.fabric_interface not in ifaces and \
             spec.fabric_interface not in (section(ctx.facts, "netdevs") or {}):
-        return [ctx.f("net.fabric-address", FAIL, f"fabric.interface {spec.fabric_interface} does not exist on the node",
+        return [ctx.f("net.fabric-address", ERROR, f"fabric.interface {spec.fabric_interface} does not exist on the node",
                       "fix inventory fabric.interface (see `ip -br addr` on the node)")]
     if node.fabric_ip:
         held = interface_for(node.fabric_ip, ifaces)
         if held is None:
             have = ", ".join(f"{n} {' '.join(c)}" for n, c in sorted(ifaces.items()) if c) or "none"
-            return [ctx.f("net.fabric-address", FAIL, f"no interface holds fabric_ip {node.fabric_ip} (IPv4 here: {have})",
+            return [ctx.f("net.fabric-address", ERROR, f"no interface holds fabric_ip {node.fabric_ip} (IPv4 here: {have})",
                           "set nodes[].fabric_ip to an IPv4 address the node really has")]
-        return [ctx.f("net.fabric-address", PASS, f"fabric_ip {node.fabric_ip} is on {held}")]
+        return [ctx.f("net.fabric-address", OK, f"fabric_ip {node.fabric_ip} is on {held}")]
     address = ctx.plan.address if ctx.plan else node.host
     if not is_ip(address):
-        return [ctx.f("net.fabric-address", WARN, f"VLLM_HOST_IP would be the host name {address!r}",
+        return [ctx.f("net.fabric-address", WARNING, f"VLLM_HOST_IP would be the host name {address!r}",
                       "set nodes[].fabric_ip to the node's fabric IPv4 address")]
     held = interface_for(address, ifaces)
     if held is None:
-        return [ctx.f("net.fabric-address", WARN, f"{address} (nodes[].host) is not an address of this node",
+        return [ctx.f("net.fabric-address", WARNING, f"{address} (nodes[].host) is not an address of this node",
                       "set nodes[].fabric_ip to an IPv4 address the node really has")]
     why = ctx.plan.why.get("VLLM_HOST_IP", "") if ctx.plan else ""
-    return [ctx.f("net.fabric-address", PASS, f"VLLM_HOST_IP {address} on {held}" + (f" ({why})" if why else ""))]
+    return [ctx.f("net.fabric-address", OK, f"VLLM_HOST_IP {address} on {held}" + (f" ({why})" if why else ""))]
 
 
 def fabric_mtus(ctx: NodeContext) -> dict[str, int | None]:
@@ -390,15 +391,15 @@ def check_mtu(ctx: NodeContext) -> list[Finding]:
     if ctx.spec.fabric_mtu is not None:
         wrong = {n: m for n, m in mtus.items() if m != ctx.spec.fabric_mtu}
         if wrong:
-            return [ctx.f("net.mtu", FAIL, f"MTU {listed}; inventory fabric.mtu is {ctx.spec.fabric_mtu}",
+            return [ctx.f("net.mtu", ERROR, f"MTU {listed}; inventory fabric.mtu is {ctx.spec.fabric_mtu}",
                           f"`sudo ip link set <if> mtu {ctx.spec.fabric_mtu}` and persist it (netplan `mtu:` / nmcli)")]
-        return [ctx.f("net.mtu", PASS, f"MTU {listed} (fabric.mtu)")]
+        return [ctx.f("net.mtu", OK, f"MTU {listed} (fabric.mtu)")]
     low = {n: m for n, m in mtus.items() if (m or 0) < RECOMMENDED_MTU}
     if low:
-        return [ctx.f("net.mtu", WARN, f"MTU {listed}: RoCE runs at a 1024-byte MTU below 9000 "
+        return [ctx.f("net.mtu", WARNING, f"MTU {listed}: RoCE runs at a 1024-byte MTU below 9000 "
                       "(small-message latency ~25% higher)",
                       "set mtu: 9000 on every ConnectX-7 interface on every node (netplan or nmcli), persistently")]
-    return [ctx.f("net.mtu", PASS, f"MTU {listed}")]
+    return [ctx.f("net.mtu", OK, f"MTU {listed}")]
 
 
 # --------------------------------------------------------------------------
@@ -410,14 +411,14 @@ def check_memlock(ctx: NodeContext) -> list[Finding]:
         return []
     soft = int(limits["memlock_soft"])
     if soft == -1:
-        return [ctx.f("limits.memlock", PASS, "memlock unlimited")]
+        return [ctx.f("limits.memlock", OK, "memlock unlimited")]
     text = f"memlock limit {gib(soft)} ({soft} bytes)"
     if ctx.uses_rdma:
-        return [ctx.f("limits.memlock", WARN, f"{text}: RDMA memory registration can fail "
+        return [ctx.f("limits.memlock", WARNING, f"{text}: RDMA memory registration can fail "
                       "(ibv_reg_mr: Cannot allocate memory) and NCCL falls back or aborts",
                       "set `* - memlock unlimited` in /etc/security/limits.conf (and --ulimit memlock=-1 "
                       "--cap-add IPC_LOCK for containers), then log in again")]
-    return [ctx.f("limits.memlock", PASS, f"{text} (no RDMA in use)")]
+    return [ctx.f("limits.memlock", OK, f"{text} (no RDMA in use)")]
 
 
 def check_memory(ctx: NodeContext) -> list[Finding]:
@@ -439,28 +440,28 @@ def check_memory(ctx: NodeContext) -> list[Finding]:
         text = (f"MemAvailable {gib(available)}; needs ~{gib(need)} (weights share {gib(share)} + KV cache "
                 f"{kv_gib:g} GiB x {max(1, ctx.node.gpus)})")
         if available < need:
-            return [ctx.f("memory.available", FAIL, text,
+            return [ctx.f("memory.available", ERROR, text,
                           "free memory on the node, or lower VLLM_CPU_KVCACHE_SPACE / use a smaller model")]
-        return [ctx.f("memory.available", PASS, text)]
+        return [ctx.f("memory.available", OK, text)]
     if all(g.get("memory_total_mib") is None for g in gpus):  # unified memory (GB10): vLLM sizes from host memory
         util = spec.gpu_memory_utilization
         want = util * total
         text = (f"MemAvailable {gib(available)} of {gib(total)}; vLLM wants gpu_memory_utilization {util:g} x total "
                 f"= {gib(want)}; weights share {gib(share)}")
         if share > want:
-            return [ctx.f("memory.available", FAIL, text + ": the weights do not fit",
+            return [ctx.f("memory.available", ERROR, text + ": the weights do not fit",
                           "use more nodes, a smaller or more quantized model, or a higher --gpu-memory-utilization")]
         if available < want:
-            return [ctx.f("memory.available", FAIL, text + ": vLLM refuses to start (free memory below the target)",
+            return [ctx.f("memory.available", ERROR, text + ": vLLM refuses to start (free memory below the target)",
                           "free memory (stop other jobs and containers, close the desktop session, "
                           "`sync; echo 3 | sudo tee /proc/sys/vm/drop_caches`) or lower --gpu-memory-utilization")]
-        return [ctx.f("memory.available", PASS, text)]
+        return [ctx.f("memory.available", OK, text)]
     device = sum(int(g.get("memory_total_mib") or 0) for g in gpus) * 2**20
     text = f"GPU memory {gib(device)} x {spec.gpu_memory_utilization:g}; weights share {gib(share)}"
     if share > device * spec.gpu_memory_utilization:
-        return [ctx.f("memory.available", FAIL, text + ": the weights do not fit",
+        return [ctx.f("memory.available", ERROR, text + ": the weights do not fit",
                       "use more nodes or a smaller / quantized model")]
-    return [ctx.f("memory.available", PASS, text)]
+    return [ctx.f("memory.available", OK, text)]
 
 
 def check_disk(ctx: NodeContext) -> list[Finding]:
@@ -470,8 +471,8 @@ def check_disk(ctx: NodeContext) -> list[Finding]:
     free = int(disk["free_bytes"])
     text = f"{gib(free)} free on {disk.get('path')}"
     if free < MIN_FREE_DISK:
-        return [ctx.f("disk.free", WARN, text, "free disk space (logs, compile caches and downloads need room)")]
-    return [ctx.f("disk.free", PASS, text)]
+        return [ctx.f("disk.free", WARNING, text, "free disk space (logs, compile caches and downloads need room)")]
+    return [ctx.f("disk.free", OK, text)]
 
 
 def check_model(ctx: NodeContext) -> list[Finding]:
@@ -481,17 +482,17 @@ def check_model(ctx: NodeContext) -> list[Finding]:
         return []
     copy_hint = f"copy the model to the same absolute path on every node (e.g. `rsync -a {path}/ <node>:{path}/`)"
     if not model.get("exists"):
-        return [ctx.f("model.complete", FAIL, f"{path} does not exist", copy_hint)]
+        return [ctx.f("model.complete", ERROR, f"{path} does not exist", copy_hint)]
     if not model.get("is_dir"):
-        return [ctx.f("model.complete", FAIL, f"{path} is not a directory", copy_hint)]
+        return [ctx.f("model.complete", ERROR, f"{path} is not a directory", copy_hint)]
     config = model.get("config") or {}
     if not config.get("present"):
-        return [ctx.f("model.complete", FAIL, f"{path} has no config.json", copy_hint)]
+        return [ctx.f("model.complete", ERROR, f"{path} has no config.json", copy_hint)]
     if not config.get("valid"):
-        return [ctx.f("model.complete", FAIL, f"{path}/config.json is not valid JSON: {config.get('error')}", copy_hint)]
+        return [ctx.f("model.complete", ERROR, f"{path}/config.json is not valid JSON: {config.get('error')}", copy_hint)]
     kind = config.get("model_type") or "?"
     if ctx.spec.load_format == "dummy":
-        return [ctx.f("model.complete", PASS, f"config.json ({kind}) valid; --load-format dummy: no weights needed")]
+        return [ctx.f("model.complete", OK, f"config.json ({kind}) valid; --load-format dummy: no weights needed")]
     weights = model.get("weights") or []
     problems = []
     if not weights:
@@ -519,10 +520,10 @@ def check_model(ctx: NodeContext) -> list[Finding]:
     if index and index.get("valid"):
         summary += f", {index['file']} lists {index.get('referenced')} file(s)"
     if problems:
-        return [ctx.f("model.complete", FAIL, f"{summary}; " + "; ".join(problems),
+        return [ctx.f("model.complete", ERROR, f"{summary}; " + "; ".join(problems),
                       "finish the download (`hf download <repo> --local-dir <path>` resumes) or copy the complete "
                       "model from another node")]
-    return [ctx.f("model.complete", PASS, summary)]
+    return [ctx.f("model.complete", OK, summary)]
 
 
 def check_ports(ctx: NodeContext) -> list[Finding]:
@@ -535,14 +536,14 @@ def check_ports(ctx: NodeContext) -> list[Finding]:
     if foreign:
         text = "; ".join(f"port {e['port']} in use by pid {e.get('pid') or '?'} ({e.get('cmdline') or 'unknown'})"
                          for e in foreign)
-        return [ctx.f("ports.free", FAIL, text,
+        return [ctx.f("ports.free", ERROR, text,
                       "stop that process (if it is a sparkctl cluster of another name: `sparkctl down` there), or "
                       "change port / master_port in the playbook")]
     text = "free: " + ", ".join(str(p) for p in ports.get("free") or []) if ports.get("free") else ""
     if own:
         text = "; ".join(filter(None, [text, ", ".join(f"{e['port']} held by this cluster's {e.get('tag')} "
                                                        f"(pid {e.get('pid')})" for e in own)]))
-    return [ctx.f("ports.free", PASS, text)]
+    return [ctx.f("ports.free", OK, text)]
 
 
 # --------------------------------------------------------------------------
@@ -560,7 +561,7 @@ def check_reach(ctx: NodeContext) -> list[Finding]:
         return []
     results = reach.get("results") or []
     if reach.get("error"):
-        return [ctx.f("net.peer-reach", WARN, str(reach["error"]), "install iputils-ping on the node")]
+        return [ctx.f("net.peer-reach", WARNING, str(reach["error"]), "install iputils-ping on the node")]
     if not results:
         return []
     out = []
@@ -568,15 +569,15 @@ def check_reach(ctx: NodeContext) -> list[Finding]:
     refused = [r for r in lost if (r.get("small") or {}).get("error") == "permission"]
     lost = [r for r in lost if r not in refused]
     if lost:
-        out.append(ctx.f("net.peer-reach", FAIL,
+        out.append(ctx.f("net.peer-reach", ERROR,
                          "; ".join(f"no reply from {_target(r)}: {_last(r['small'])}" for r in lost),
                          "check the cable, the addresses and routes: `ip route get <peer>` must name the matching "
                          "local twin, and each twin's peer must be on the same subnet"))
     elif refused:
-        out.append(ctx.f("net.peer-reach", WARN, "ping not permitted: " + "; ".join(_target(r) for r in refused),
+        out.append(ctx.f("net.peer-reach", WARNING, "ping not permitted: " + "; ".join(_target(r) for r in refused),
                          "allow unprivileged ping (sysctl net.ipv4.ping_group_range) or give ping CAP_NET_RAW"))
     else:
-        out.append(ctx.f("net.peer-reach", PASS, "replies from " + ", ".join(_target(r) for r in results)))
+        out.append(ctx.f("net.peer-reach", OK, "replies from " + ", ".join(_target(r) for r in results)))
     jumbo = [r for r in results if (r.get("small") or {}).get("ok") and r.get("jumbo")]
     bad = [r for r in jumbo if not r["jumbo"].get("ok") and r["jumbo"].get("error") != "permission"]
     refused_j = [r for r in jumbo if not r["jumbo"].get("ok") and r["jumbo"].get("error") == "permission"]
@@ -587,14 +588,14 @@ def check_reach(ctx: NodeContext) -> list[Finding]:
             why = ("the local path MTU is smaller (message too long)" if r["jumbo"].get("error") == "local-mtu"
                    else "no reply, while small pings get one: an MTU is smaller somewhere on the path")
             parts.append(f"ping -M do -s {size} (MTU {r.get('mtu')}) to {_target(r)}: {why}")
-        out.append(ctx.f("net.peer-mtu", FAIL, "; ".join(parts),
+        out.append(ctx.f("net.peer-mtu", ERROR, "; ".join(parts),
                          "set the same MTU (9000) on both ends of every fabric link; a mismatch passes small pings "
                          "and then hangs a real collective"))
     elif refused_j:
-        out.append(ctx.f("net.peer-mtu", WARN, "ping -I not permitted: " + "; ".join(_target(r) for r in refused_j),
+        out.append(ctx.f("net.peer-mtu", WARNING, "ping -I not permitted: " + "; ".join(_target(r) for r in refused_j),
                          "run the check as a user allowed to bind ping to an interface"))
     elif jumbo:
-        out.append(ctx.f("net.peer-mtu", PASS, "full-MTU don't-fragment pings reach "
+        out.append(ctx.f("net.peer-mtu", OK, "full-MTU don't-fragment pings reach "
                          + ", ".join(f"{_target(r)} (MTU {r.get('mtu')})" for r in jumbo)))
     return out
 
@@ -608,7 +609,7 @@ def _last(result: dict) -> str:
 def _section_error(ctx: NodeContext, name: str, check: str) -> list[Finding]:
     value = ctx.facts.get(name)
     if isinstance(value, dict) and value.get("error"):
-        return [ctx.f(check, WARN, f"the {name} facts could not be read: {value['error']}",
+        return [ctx.f(check, WARNING, f"the {name} facts could not be read: {value['error']}",
                       "run with --debug and report the node agent's error")]
     return []
 

@@ -6,11 +6,12 @@ from typing import Any, Mapping
 
 from sparkctl.checks.cluster import ClusterContext, cluster_findings
 from sparkctl.checks.fabric import Facts, section
-from sparkctl.checks.findings import Finding, Status, finding
+from sparkctl.checks.findings import finding
 from sparkctl.checks.node import NodeContext, node_context, node_findings
 from sparkctl.checks.plan import NetworkPlan, derive_plan
 from sparkctl.checks.report import CheckReport, summarize_facts
 from sparkctl.checks.spec import ClusterSpec
+from sparkctl.findings import Finding, Severity
 
 
 def usable(facts: Any) -> bool:
@@ -45,7 +46,7 @@ def run_checks(
         f = facts.get(node.name)
         if not usable(f):
             error = (f or {}).get("error") if isinstance(f, Mapping) else None
-            out.append(finding("facts.gathered", Status.FAIL, node.name,
+            out.append(finding("facts.gathered", Severity.ERROR, node.name,
                                f"no facts: {error or 'the node was not asked or did not answer'}",
                                "check that the node is reachable (`sparkctl exec -- true`) and has Python 3.8+"))
             continue
@@ -58,10 +59,10 @@ def run_checks(
                                                                           if f.get("sysfs_overridden") else "")
         if errors:
             listed = "; ".join(f"{e.get('where')}: {e.get('error')}" for e in errors[:3])
-            out.append(finding("facts.gathered", Status.WARN, node.name, f"{evidence}; {len(errors)} read error(s): {listed}",
+            out.append(finding("facts.gathered", Severity.WARNING, node.name, f"{evidence}; {len(errors)} read error(s): {listed}",
                                "some facts could not be read (permissions?); checks that need them are less certain"))
         else:
-            out.append(finding("facts.gathered", Status.PASS, node.name, evidence))
+            out.append(finding("facts.gathered", Severity.OK, node.name, evidence))
         ctx = node_context(spec, node, f, plan.hosts.get(node.name), cpu_only)
         contexts[node.name] = ctx
         out += node_findings(ctx)

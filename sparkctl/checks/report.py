@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from sparkctl.checks.fabric import Facts, fabric_of, gib, section
-from sparkctl.checks.findings import Finding, Status, worst
+from sparkctl.checks.findings import finding_dict
 from sparkctl.checks.plan import NetworkPlan
 from sparkctl.errors import ExitCode
+from sparkctl.findings import CHECK_STATUSES, Finding, Severity, check_status, worst
 
 CLUSTER_LABEL = "(cluster)"
 
@@ -24,30 +25,30 @@ class CheckReport:
     node_order: tuple[str, ...] = field(default=())
 
     @property
-    def worst(self) -> Status:
+    def worst(self) -> Severity:
         return worst(self.findings)
 
     @property
     def exit_code(self) -> int:
         """0 when nothing FAILs (WARN included), 1 (ExitCode.FAILED) otherwise."""
-        return int(ExitCode.FAILED if self.worst == Status.FAIL else ExitCode.OK)
+        return int(ExitCode.FAILED if self.worst is Severity.ERROR else ExitCode.OK)
 
     def counts(self) -> dict[str, int]:
-        counts = {s.value: 0 for s in Status}
+        counts = dict.fromkeys(CHECK_STATUSES, 0)
         for f in self.findings:
-            counts[f.status.value] += 1
+            counts[check_status(f.severity)] += 1
         return counts
 
     def failed(self) -> list[Finding]:
-        return [f for f in self.findings if f.status == Status.FAIL]
+        return [f for f in self.findings if f.severity is Severity.ERROR]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "cluster": self.cluster,
-            "status": self.worst.value,
+            "status": check_status(self.worst),
             "exit_code": self.exit_code,
             "counts": self.counts(),
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [finding_dict(f) for f in self.findings],
             "plan": self.plan.to_dict(),
             "facts": self.facts,
         }
@@ -84,9 +85,9 @@ def summarize_facts(facts: Facts | None, hcas: tuple[str, ...] | None = None) ->
 def render_text(report: CheckReport, *, width: int = 120, show_pass: bool = True, show_plan: bool = True) -> str:
     """A fixed-width table: NODE, CHECK, STATUS, EVIDENCE; WARN/FAIL rows get their hint
     on the next line. Then the counts and (optionally) the per-host network plan."""
-    rows = [f for f in report.findings if show_pass or f.status != Status.PASS]
+    rows = [f for f in report.findings if show_pass or f.severity is not Severity.OK]
     node_w = max([len("NODE"), len(CLUSTER_LABEL)] + [len(f.node or "") for f in rows])
-    check_w = max([len("CHECK")] + [len(f.check) for f in rows])
+    check_w = max([len("CHECK")] + [len(f.code) for f in rows])
     status_w = len("STATUS")
     prefix_w = node_w + check_w + status_w + 6
     text_w = max(30, width - prefix_w)
@@ -94,17 +95,17 @@ def render_text(report: CheckReport, *, width: int = 120, show_pass: bool = True
     lines = [f"{'NODE':<{node_w}}  {'CHECK':<{check_w}}  {'STATUS':<{status_w}}  EVIDENCE",
              "-" * min(width, prefix_w + text_w)]
     for f in rows:
-        wrapped = textwrap.wrap(f.evidence, text_w) or [""]
+        wrapped = textwrap.wrap(f.evidence or "", text_w) or [""]
         node = f.node or CLUSTER_LABEL
-        lines.append(f"{node:<{node_w}}  {f.check:<{check_w}}  {f.status.value:<{status_w}}  {wrapped[0]}")
+        lines.append(f"{node:<{node_w}}  {f.code:<{check_w}}  {check_status(f.severity):<{status_w}}  {wrapped[0]}")
         lines += [pad + more for more in wrapped[1:]]
-        if f.hint and f.status != Status.PASS:
+        if f.hint and f.severity is not Severity.OK:
             hint = textwrap.wrap("hint: " + f.hint, text_w, subsequent_indent="      ")
             lines += [pad + h for h in hint]
     counts = report.counts()
     lines.append("")
     lines.append(f"{report.cluster}: {counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL"
-                 f" -> {report.worst.value}")
+                 f" -> {check_status(report.worst)}")
     if show_plan and report.plan.hosts:
         lines.append("")
         lines.append(render_plan(report.plan, width=width))

@@ -28,10 +28,7 @@ def init_options(args: argparse.Namespace) -> tuple[InitOptions, Callable[[HostK
             check(value)
         except ValueError as exc:
             raise InputError(f"{flag}: {exc}") from None
-    if not 1 <= args.port <= 65535:
-        raise InputError(f"--port must be 1..65535, got {args.port}")
-    if not 576 <= args.mtu <= 9216:
-        raise InputError(f"--mtu must be 576..9216, got {args.mtu}")
+    # --port and --mtu are checked by the parser (sparkctl.argtypes)
     identity = os.path.abspath(os.path.expanduser(args.identity_file)) if args.identity_file else None
     if identity and not os.path.isfile(identity):
         raise InputError(f"--identity-file {args.identity_file}: no such file")

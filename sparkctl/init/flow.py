@@ -53,7 +53,7 @@ class InitResult:
         """The check's FAILs that are init's business: reaching the nodes, RDMA and the network."""
         if self.check is None:
             return []
-        return [f for f in self.check.failed() if f.check.split(".")[0] in FABRIC_AREAS]
+        return [f for f in self.check.failed() if f.code.split(".")[0] in FABRIC_AREAS]
 
     @property
     def exit_code(self) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from sparkctl.checks import Status, render_text
+from sparkctl.checks import render_text
 from sparkctl.checks.fabric import gib
+from sparkctl.findings import Severity
 from sparkctl.init.flow import InitResult
 
 
@@ -26,7 +27,7 @@ def init_text(result: InitResult) -> str:
     lines += ["", f"inventory: {result.output}"]
     if result.check is not None:
         lines += ["", f"sparkctl check -i {result.output}:"]
-        problems = any(f.status != Status.PASS for f in result.check.findings)
+        problems = any(f.severity is not Severity.OK for f in result.check.findings)
         lines.append(render_text(result.check, show_pass=False, show_plan=False) if problems
                      else render_text(result.check, show_pass=False, show_plan=False).splitlines()[-1])
         failures = result.fabric_failures()

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sparkctl.findings import Finding, Severity
+
 # GB10 under a deadlocked kernel: about 16-27 W at ~95% "utilisation"; healthy decode 45-90 W.
 IDLE_POWER_W = 30.0
 BUSY_UTILISATION_PCT = 80.0
@@ -29,14 +31,14 @@ BUSY_UTILISATION_PCT = 80.0
 STATES = ("serving", "degraded", "wedged", "down", "stopped", "unreachable")
 
 
-@dataclass(frozen=True)
-class Reason:
-    code: str  # process-gone | process-stopped | process-zombie | health | tokens-frozen | canary | ray | replica-health | unreachable
-    message: str
-    node: str | None = None
+# A verdict's reasons are findings: ERROR for what makes the cluster unreachable, down,
+# degraded or wedged (codes: unreachable, health, process-gone|stopped|zombie, ray,
+# replica-health, tokens-frozen, canary), INFO for supporting evidence (gpu-idle-power), OK for `stopped`.
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {"code": self.code, "node": self.node, "message": self.message}
+
+def reason_dict(reason: Finding) -> dict[str, str | None]:
+    """A reason in `status --json` and `watch`'s history: no severity (the state says it)."""
+    return {"code": reason.code, "node": reason.node, "message": reason.message}
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,13 @@ class Observation:
     frozen_for_s: float | None  # how long tokens have been frozen, across samples (watch), else the window
     canary: str | None  # None: not sent; "ok"; or what went wrong ("timeout after 10s", "HTTP 500")
     gpus: tuple[GpuView, ...] = ()
-    other: tuple[Reason, ...] = ()  # from the backend (Ray's membership)
+    other: tuple[Finding, ...] = ()  # from the backend (Ray's membership)
 
 
 @dataclass(frozen=True)
 class Verdict:
     state: str
-    reasons: tuple[Reason, ...]
+    reasons: tuple[Finding, ...]
 
     @property
     def exit_code(self) -> int:
@@ -102,18 +104,18 @@ def process_state(alive: bool, stat_state: str | None) -> str:
     return "running"
 
 
-def _process_reasons(processes: tuple[ProcessView, ...]) -> list[Reason]:
+def _process_reasons(processes: tuple[ProcessView, ...]) -> list[Finding]:
     words = {"gone": "is gone", "stopped": "is stopped (T state: SIGSTOP or a debugger)", "zombie": "is a zombie"}
     return [
-        Reason(f"process-{p.state}", f"{p.role} (pid {p.pid}) on {p.node} {words[p.state]}", p.node)
+        Finding(f"process-{p.state}", Severity.ERROR, f"{p.role} (pid {p.pid}) on {p.node} {words[p.state]}", node=p.node)
         for p in processes if p.state != "running"
     ]
 
 
-def _gpu_evidence(gpus: tuple[GpuView, ...]) -> list[Reason]:
+def _gpu_evidence(gpus: tuple[GpuView, ...]) -> list[Finding]:
     return [
-        Reason("gpu-idle-power", f"GPU on {g.node} at {g.utilization_pct:.0f}% utilisation but {g.power_w:.0f} W "
-               f"(a deadlocked kernel looks like this on GB10; healthy decode draws 45-90 W)", g.node)
+        Finding("gpu-idle-power", Severity.INFO, f"GPU on {g.node} at {g.utilization_pct:.0f}% utilisation but "
+                f"{g.power_w:.0f} W (a deadlocked kernel looks like this on GB10; healthy decode draws 45-90 W)", node=g.node)
         for g in gpus
         if g.power_w is not None and g.utilization_pct is not None
         and g.power_w < IDLE_POWER_W and g.utilization_pct >= BUSY_UTILISATION_PCT
@@ -122,26 +124,26 @@ def _gpu_evidence(gpus: tuple[GpuView, ...]) -> list[Reason]:
 
 def judge(obs: Observation, *, wedge_after_s: float) -> Verdict:
     if obs.unreachable:
-        return Verdict("unreachable", tuple(Reason("unreachable", f"{n} does not answer over SSH", n)
+        return Verdict("unreachable", tuple(Finding("unreachable", Severity.ERROR, f"{n} does not answer over SSH", node=n)
                                            for n in obs.unreachable))
     if not obs.anything_running:
-        return Verdict("stopped", (Reason("stopped", "nothing of this cluster runs on any node"),))
+        return Verdict("stopped", (Finding("stopped", Severity.OK, "nothing of this cluster runs on any node"),))
     dead = _process_reasons(obs.processes)
     if obs.health != 200:
         said = "no answer" if obs.health is None else f"HTTP {obs.health}"
-        return Verdict("down", (Reason("health", f"the head's /health: {said}"), *dead))
+        return Verdict("down", (Finding("health", Severity.ERROR, f"the head's /health: {said}"), *dead))
     if dead or obs.other:
         return Verdict("degraded", (*dead, *obs.other))
-    wedge: list[Reason] = []
+    wedge: list[Finding] = []
     p = obs.progress
     if p is not None and p.frozen:
         looked = obs.frozen_for_s if obs.frozen_for_s is not None else p.window_s
         if looked >= wedge_after_s or obs.frozen_for_s is None:
             how = "sampled" if obs.frozen_for_s is None else "across samples"
-            wedge.append(Reason("tokens-frozen", f"{p.running:g} request(s) running and no token generated for "
+            wedge.append(Finding("tokens-frozen", Severity.ERROR, f"{p.running:g} request(s) running and no token generated for "
                                 f"{looked:.1f} s ({how}; /health still answers 200)"))
     if obs.canary is not None and obs.canary != "ok":
-        wedge.append(Reason("canary", f"a one-token canary request failed: {obs.canary}"))
+        wedge.append(Finding("canary", Severity.ERROR, f"a one-token canary request failed: {obs.canary}"))
     if wedge:
         return Verdict("wedged", (*wedge, *_gpu_evidence(obs.gpus)))
     return Verdict("serving", ())

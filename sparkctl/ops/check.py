@@ -13,9 +13,9 @@ from typing import Any
 from sparkctl.agent.client import AgentClient, connect
 from sparkctl.agent.protocol import FactsRequest, from_wire
 from sparkctl.checks import CheckReport, ClusterSpec, NetworkPlan, check_cluster, derive_plan
-from sparkctl.checks.findings import Status
 from sparkctl.checks.requests import DEFAULT_PROBE_TIMEOUT_S, facts_request, reach_request
 from sparkctl.errors import ConnectionFailed, InputError, OperationFailed, SparkctlError
+from sparkctl.findings import Severity
 from sparkctl.inventory import Inventory, Node
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook
@@ -121,13 +121,13 @@ def refusals(report: CheckReport, ignored: set[str]) -> list[str]:
     """The FAILs that stop `up`, minus those the user chose to ignore (`--ignore-check ID|all`)."""
     if "all" in ignored:
         return []
-    known = {f.check for f in report.findings}
+    known = {f.code for f in report.findings}
     unknown = ignored - known - {"all"}
     if unknown:
         raise InputError(f"--ignore-check names checks that did not run: {', '.join(sorted(unknown))}",
                          hint="`sparkctl check --json` lists the check ids")
     return [
-        f"{f.node or '(cluster)'}: {f.check}: {f.evidence}" + (f" (hint: {f.hint})" if f.hint else "")
+        f"{f.node or '(cluster)'}: {f.code}: {f.evidence}" + (f" (hint: {f.hint})" if f.hint else "")
         for f in report.findings
-        if f.status == Status.FAIL and f.check not in ignored
+        if f.severity is Severity.ERROR and f.code not in ignored
     ]

@@ -8,7 +8,8 @@ from typing import Any
 
 from sparkctl.artefact import open_artefact
 from sparkctl.errors import InputError
-from sparkctl.perf.rules import LOG_EVIDENCE, log_findings
+from sparkctl.findings import Severity, worst
+from sparkctl.perf.rules import LOG_EVIDENCE, finding_dict, log_findings
 from sparkctl.probes.nccl_log import parse_nccl_log_lines
 from sparkctl.probes.nccl_tests import parse_nccl_tests_lines
 from sparkctl.serve.vllm_log import LogReader
@@ -16,8 +17,9 @@ from sparkctl.serve.vllm_log import LogReader
 
 def nccl_log(path: str) -> dict[str, Any]:
     with open_artefact(path) as artefact:
-        report = parse_nccl_log_lines(artefact.lines).to_dict()
-    report["problem"] = any(f["level"] == "error" for f in report["findings"])
+        parsed = parse_nccl_log_lines(artefact.lines)
+    report = parsed.to_dict()
+    report["problem"] = worst(parsed.findings) is Severity.ERROR
     return report
 
 
@@ -43,6 +45,6 @@ def vllm_log(path: str) -> dict[str, Any]:
     report = reader.close().to_dict()
     report["problem"] = bool(report["findings"])
     # performance misconfigurations are warnings: they do not make the log a problem
-    report["performance_findings"] = [f.to_dict() for f in log_findings(
+    report["performance_findings"] = [finding_dict(f) for f in log_findings(
         "\n".join(evidence.values()), kv_cache_tokens=report["kv_cache_tokens"], max_concurrency=report["max_concurrency"])]
     return report

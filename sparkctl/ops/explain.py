@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sparkctl.bench.metrics import MetricsSample, parse_metrics
@@ -17,11 +17,12 @@ from sparkctl.perf import store
 from sparkctl.perf.bench import BenchStep, read_bench
 from sparkctl.perf.calibration import fit_overhead
 from sparkctl.perf.hardware import hardware
-from sparkctl.perf.model_config import ConfigError, load_config, parse_model
+from sparkctl.perf.model_config import ConfigError, ModelShape, load_config, parse_model
 from sparkctl.perf.predict import ACTIVATION_BYTES, Scenario, predict
 from sparkctl.perf.quant import kv_bytes, plan_for
 from sparkctl.perf.report import StepComparison, compare, to_dict
 from sparkctl.perf.rules import ServingConfig, apply_all, config_from_args, config_from_log
+from sparkctl.perf.store import ProbeRecord
 from sparkctl.playbook import Playbook
 
 
@@ -108,88 +109,29 @@ def _live_metrics(inventory: Inventory, playbook: Playbook) -> MetricsSample | N
     return sample if sample.running is not None else None  # not a vLLM server
 
 
+@dataclass
+class _Observed:
+    """What the playbook and the running cluster say about how vLLM serves."""
+
+    serving: ServingConfig | None = None
+    kv_cache_tokens: int | None = None
+    metrics: MetricsSample | None = None
+    notes: list[str] = field(default_factory=list)
+
+
 def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
             playbook: Playbook | None = None) -> dict[str, Any]:
     sources: dict[str, str] = {}
-    notes: list[str] = []
-    if options.model_config:
-        config, where = load_config(options.model_config)
-    elif playbook is not None:
-        config, where = _config_from_playbook(inventory, playbook)
-    else:
-        raise InputError("no model given", hint="pass --model-config CONFIG.json|MODEL_DIR, or -i INVENTORY -p PLAYBOOK")
-    sources["model_config"] = where
-    model = parse_model(config, where)
-
-    serving: ServingConfig | None = None
-    if playbook is not None:
-        serving = config_from_args(playbook.vllm_args, f"playbook {playbook.path} vllm_args")
-    kv_cache_tokens = None
-    metrics = None
-    if inventory is not None and playbook is not None:
-        text, why = _running_log(inventory)
-        if why:
-            notes.append(why)
-        if text:
-            metrics = _live_metrics(inventory, playbook)
-            if metrics is not None:
-                sources["metrics"] = "the endpoint's /metrics"
-            from sparkctl.serve.vllm_log import read_log
-
-            logged = config_from_log(text)
-            serving = logged or serving
-            kv_cache_tokens = read_log(text).kv_cache_tokens
-            sources["vllm_log"] = f"{inventory.head.name} vLLM log"
-
-    kv_name = options.kv_dtype or (serving.kv_cache_dtype if serving and serving.kv_cache_dtype else "bf16")
-    hw = hardware(options.hardware, mem_bw_gbs=options.mem_bw_gbs, tflops=options.tflops)
-    tp = options.tp if options.tp is not None else (playbook.tensor_parallel_size if playbook else 1)
-    pp = options.pp if options.pp is not None else (playbook.pipeline_parallel_size if playbook else 1)
-    for name, value in (("--tp", tp), ("--pp", pp), ("--concurrency", options.concurrency), ("--context", options.context),
-                        ("--output-len", options.output_len or 1)):
-        if value < 1:
-            raise InputError(f"{name} must be at least 1, got {value}")
-    scenario = Scenario(model=model, plan=plan_for(model, options.quant, all_linear=options.all_linear), hardware=hw,
-                        tp=tp, pp=pp, concurrency=options.concurrency, context=options.context,
-                        kv_bytes=kv_bytes(kv_name), eager=bool(serving and serving.enforce_eager and serving.cuda),
-                        output_len=options.output_len,
-                        prompt_len=max(1, options.context - options.output_len // 2) if options.output_len else None)
-
+    model = _model(options, inventory, playbook, sources)
+    observed = _observe(inventory, playbook, sources)
+    scenario = _scenario(options, model, observed.serving, playbook)
     cluster = inventory.cluster if inventory is not None else None
     probe = store.load_probe(cluster) if cluster else None
-    if options.allreduce_us is not None:
-        if options.allreduce_us < 0:
-            raise InputError("--allreduce-us must not be negative")
-        scenario = replace(scenario, allreduce_us=options.allreduce_us, allreduce_source="--allreduce-us")
-    elif probe is not None and probe.backend == "nccl" and (found := probe.latency_at(model.hidden_size * ACTIVATION_BYTES)):
-        # the probe measured a pair; the model adds ring hops for more ranks itself
-        scenario = replace(scenario, allreduce_us=found[0],
-                           allreduce_source=f"last sparkctl nccl-probe of {cluster} ({_when(probe.saved_at)}, {found[1]})")
-    elif hw.tp_across_nodes:
-        scenario = replace(scenario, allreduce_source="default for a Spark pair over RoCE (no nccl-probe saved)")
-    else:
-        scenario = replace(scenario, allreduce_source=f"{hw.name} preset default")
-    overhead = store.load_overhead(cluster) if cluster else None
-    if overhead is not None:
-        scenario = replace(scenario, step_overhead_ms=overhead.step_overhead_ms,
-                           overhead_source=f"fitted for {cluster} by explain --calibrate ({_when(overhead.fitted_at)}, {overhead.source})")
-
+    scenario = _with_allreduce(scenario, options, probe, cluster)
+    scenario = _with_overhead(scenario, cluster)
     calibration = None
     if options.calibrate:
-        if cluster is None:
-            raise InputError("--calibrate needs the cluster: pass -i INVENTORY -p PLAYBOOK")
-        result = read_bench(options.calibrate)
-        ones = [s for s in result.steps if s.concurrency == 1 and s.median_tpot_ms]
-        if not ones:
-            raise InputError(f"{options.calibrate}: no concurrency-1 step with a TPOT to calibrate on",
-                             hint="run sparkctl bench with concurrency 1 first")
-        step = ones[0]
-        context = int(step.input_len + (step.output_len or 0) / 2) if step.input_len is not None else scenario.context
-        fit = fit_overhead(replace(scenario, context=max(context, 1)), step.median_tpot_ms or 0.0, options.calibrate)
-        path = store.save_overhead(cluster, fit.step_overhead_ms, os.path.basename(options.calibrate))
-        scenario = replace(scenario, step_overhead_ms=fit.step_overhead_ms,
-                           overhead_source=f"fitted for {cluster} by explain --calibrate just now ({options.calibrate})")
-        calibration = dict(fit.to_dict(), saved_to=str(path))
+        scenario, calibration = _calibrate(scenario, options.calibrate, cluster)
 
     prediction = predict(scenario)
     comparisons: tuple[StepComparison, ...] = ()
@@ -199,10 +141,103 @@ def explain(options: ExplainOptions, *, inventory: Inventory | None = None,
         comparisons = compare(prediction, result)
         bench_steps = result.steps
         sources["bench"] = options.bench
-    findings = apply_all(prediction, serving, probe=probe, kv_cache_tokens=kv_cache_tokens, bench_steps=bench_steps,
-                         metrics=metrics)
+    findings = apply_all(prediction, observed.serving, probe=probe, kv_cache_tokens=observed.kv_cache_tokens,
+                         bench_steps=bench_steps, metrics=observed.metrics)
     data = to_dict(prediction, findings, sources=sources, comparisons=comparisons)
     if calibration:
         data["calibrated"] = calibration
-    data["model"]["notes"] += notes
+    data["model"]["notes"] += observed.notes
     return data
+
+
+def _model(options: ExplainOptions, inventory: Inventory | None, playbook: Playbook | None,
+           sources: dict[str, str]) -> ModelShape:
+    if options.model_config:
+        config, where = load_config(options.model_config)
+    elif playbook is not None:
+        config, where = _config_from_playbook(inventory, playbook)
+    else:
+        raise InputError("no model given", hint="pass --model-config CONFIG.json|MODEL_DIR, or -i INVENTORY -p PLAYBOOK")
+    sources["model_config"] = where
+    return parse_model(config, where)
+
+
+def _observe(inventory: Inventory | None, playbook: Playbook | None, sources: dict[str, str]) -> _Observed:
+    """The playbook's vLLM arguments; while the cluster runs, its log (which wins: it is what
+    vLLM really used) and its /metrics."""
+    observed = _Observed()
+    if playbook is not None:
+        observed.serving = config_from_args(playbook.vllm_args, f"playbook {playbook.path} vllm_args")
+    if inventory is None or playbook is None:
+        return observed
+    text, why = _running_log(inventory)
+    if why:
+        observed.notes.append(why)
+    if text:
+        observed.metrics = _live_metrics(inventory, playbook)
+        if observed.metrics is not None:
+            sources["metrics"] = "the endpoint's /metrics"
+        from sparkctl.serve.vllm_log import read_log
+
+        observed.serving = config_from_log(text) or observed.serving
+        observed.kv_cache_tokens = read_log(text).kv_cache_tokens
+        sources["vllm_log"] = f"{inventory.head.name} vLLM log"
+    return observed
+
+
+def _scenario(options: ExplainOptions, model: ModelShape, serving: ServingConfig | None,
+              playbook: Playbook | None) -> Scenario:
+    kv_name = options.kv_dtype or (serving.kv_cache_dtype if serving and serving.kv_cache_dtype else "bf16")
+    hw = hardware(options.hardware, mem_bw_gbs=options.mem_bw_gbs, tflops=options.tflops)
+    tp = options.tp if options.tp is not None else (playbook.tensor_parallel_size if playbook else 1)
+    pp = options.pp if options.pp is not None else (playbook.pipeline_parallel_size if playbook else 1)
+    for name, value in (("--tp", tp), ("--pp", pp), ("--concurrency", options.concurrency), ("--context", options.context),
+                        ("--output-len", options.output_len or 1)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    return Scenario(model=model, plan=plan_for(model, options.quant, all_linear=options.all_linear), hardware=hw,
+                    tp=tp, pp=pp, concurrency=options.concurrency, context=options.context,
+                    kv_bytes=kv_bytes(kv_name), eager=bool(serving and serving.enforce_eager and serving.cuda),
+                    output_len=options.output_len,
+                    prompt_len=max(1, options.context - options.output_len // 2) if options.output_len else None)
+
+
+def _with_allreduce(scenario: Scenario, options: ExplainOptions, probe: ProbeRecord | None,
+                    cluster: str | None) -> Scenario:
+    """The all-reduce latency: the flag, else the cluster's last nccl-probe, else a default."""
+    if options.allreduce_us is not None:  # 0 or more: checked by the parser
+        return replace(scenario, allreduce_us=options.allreduce_us, allreduce_source="--allreduce-us")
+    size = scenario.model.hidden_size * ACTIVATION_BYTES
+    if probe is not None and probe.backend == "nccl" and (found := probe.latency_at(size)):
+        # the probe measured a pair; the model adds ring hops for more ranks itself
+        return replace(scenario, allreduce_us=found[0],
+                       allreduce_source=f"last sparkctl nccl-probe of {cluster} ({_when(probe.saved_at)}, {found[1]})")
+    if scenario.hardware.tp_across_nodes:
+        return replace(scenario, allreduce_source="default for a Spark pair over RoCE (no nccl-probe saved)")
+    return replace(scenario, allreduce_source=f"{scenario.hardware.name} preset default")
+
+
+def _with_overhead(scenario: Scenario, cluster: str | None) -> Scenario:
+    overhead = store.load_overhead(cluster) if cluster else None
+    if overhead is None:
+        return scenario
+    return replace(scenario, step_overhead_ms=overhead.step_overhead_ms,
+                   overhead_source=f"fitted for {cluster} by explain --calibrate ({_when(overhead.fitted_at)}, {overhead.source})")
+
+
+def _calibrate(scenario: Scenario, bench_path: str, cluster: str | None) -> tuple[Scenario, dict[str, Any]]:
+    """Fit the per-step overhead to a bench result's concurrency-1 TPOT and save it for the cluster."""
+    if cluster is None:
+        raise InputError("--calibrate needs the cluster: pass -i INVENTORY -p PLAYBOOK")
+    result = read_bench(bench_path)
+    ones = [s for s in result.steps if s.concurrency == 1 and s.median_tpot_ms]
+    if not ones:
+        raise InputError(f"{bench_path}: no concurrency-1 step with a TPOT to calibrate on",
+                         hint="run sparkctl bench with concurrency 1 first")
+    step = ones[0]
+    context = int(step.input_len + (step.output_len or 0) / 2) if step.input_len is not None else scenario.context
+    fit = fit_overhead(replace(scenario, context=max(context, 1)), step.median_tpot_ms or 0.0, bench_path)
+    path = store.save_overhead(cluster, fit.step_overhead_ms, os.path.basename(bench_path))
+    scenario = replace(scenario, step_overhead_ms=fit.step_overhead_ms,
+                       overhead_source=f"fitted for {cluster} by explain --calibrate just now ({bench_path})")
+    return scenario, dict(fit.to_dict(), saved_to=str(path))

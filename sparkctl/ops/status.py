@@ -18,10 +18,20 @@ from typing import Any
 from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessInfo, RecordStatus, TelemetryReply, TelemetryRequest, to_wire
 from sparkctl.backends.serving import backend_found, members_for
+from sparkctl.findings import Finding, Severity
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.spec import record_dir, tag_prefix
 from sparkctl.observe.endpoint import EndpointSample, MemberSample, Rates, canary, rates, sample_endpoint
-from sparkctl.observe.verdict import GpuView, Observation, ProcessView, Progress, Reason, Verdict, judge, process_state
+from sparkctl.observe.verdict import (
+    GpuView,
+    Observation,
+    ProcessView,
+    Progress,
+    Verdict,
+    judge,
+    process_state,
+    reason_dict,
+)
 from sparkctl.playbook import Playbook
 from sparkctl.serve.endpoint import Endpoint, endpoint_url, recorded_members
 from sparkctl.state import StateStore
@@ -60,7 +70,7 @@ class NodeStatus:
 class StatusResult:
     cluster: str
     state: str  # serving | degraded | wedged | down | stopped | unreachable
-    reasons: tuple[Reason, ...]
+    reasons: tuple[Finding, ...]
     endpoint: str | None
     health: int | None
     models: list[str]
@@ -82,7 +92,7 @@ class StatusResult:
         return {
             "cluster": self.cluster,
             "state": self.state,
-            "reasons": [r.to_dict() for r in self.reasons],
+            "reasons": [reason_dict(r) for r in self.reasons],
             "at": self.at,
             "endpoint": self.endpoint,
             "health": self.health,
@@ -194,7 +204,7 @@ class Observer:
         check = None
         if canary_timeout_s and first is not None and first.health == 200 and self.model and self.endpoint:
             check = canary(self.endpoint, self.model, canary_timeout_s)
-        ray_reasons = tuple(Reason("ray", f"Ray: {problem}") for problem in _ray_problems(ray))
+        ray_reasons = tuple(Finding("ray", Severity.ERROR, f"Ray: {problem}") for problem in _ray_problems(ray))
         member_reasons = _member_reasons(first.members if first and first.health == 200 else ())
         progress = None
         if window is not None and first is not None and first.metrics is not None:
@@ -217,10 +227,11 @@ class Observer:
             list(first.models) if first else [], nodes, self.recorded, ray, first, window, frozen, check, time.time())
 
 
-def _member_reasons(members: tuple[MemberSample, ...]) -> tuple[Reason, ...]:
-    return tuple(Reason("replica-health", f"{m.member.label} at {m.member.url} on {m.member.node}: /health "
-                        f"{'no answer' if m.health is None else f'HTTP {m.health}'} (the router answers through the others)",
-                        m.member.node)
+def _member_reasons(members: tuple[MemberSample, ...]) -> tuple[Finding, ...]:
+    return tuple(Finding("replica-health", Severity.ERROR,
+                         f"{m.member.label} at {m.member.url} on {m.member.node}: /health "
+                         f"{'no answer' if m.health is None else f'HTTP {m.health}'} (the router answers through the others)",
+                         node=m.member.node)
                  for m in members if m.health != 200)
 
 

@@ -18,8 +18,8 @@ from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessRecord, StatusReply
 from sparkctl.backends.serving import Backend, ServePlan, backend_for, backend_found
 from sparkctl.checks import ClusterSpec, check_cluster, derive_plan
-from sparkctl.checks.findings import Status
 from sparkctl.errors import InputError, Interrupted, OperationFailed, SparkctlError
+from sparkctl.findings import Severity, check_status
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.launch import plan_digest
 from sparkctl.lifecycle.spec import ProcessSpec, status_request
@@ -224,8 +224,8 @@ def _preflight_checks(
     probe_reach(nodes, spec, inventory, facts, derive_plan(spec, facts.by_node))
     report = check_cluster(spec, facts.by_node, timing=facts.timing)
     for finding in report.findings:
-        if finding.status != Status.PASS:
-            reporter.event(finding.node, f"{finding.status.value} {finding.check}: {finding.evidence}")
+        if finding.severity is not Severity.OK:
+            reporter.event(finding.node, f"{check_status(finding.severity)} {finding.code}: {finding.evidence}")
     counts = report.counts()
     reporter.event(None, f"checks: {counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL")
     blocking = refusals(report, set(ignore_checks))

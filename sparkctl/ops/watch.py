@@ -20,6 +20,7 @@ from sparkctl import jsontext
 from sparkctl.agent.client import Connect, connect
 from sparkctl.errors import InputError, SparkctlError
 from sparkctl.inventory import Inventory
+from sparkctl.observe.verdict import reason_dict
 from sparkctl.ops.status import Observer, StatusResult
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
@@ -86,8 +87,6 @@ def supervise(inventory: Inventory, playbook: Playbook, options: SuperviseOption
     """Sample until the cluster is stopped by a person (state file gone) or the
     restart budget is spent; restart (down, then up: `restart`) a cluster that
     stays wedged, degraded or down longer than the grace period."""
-    if options.max_restarts < 0 or options.grace_s < 0 or options.interval_s <= 0:
-        raise InputError("--max-restarts and --grace must be >= 0 and --interval > 0")
     store = StateStore.for_cluster(inventory.cluster)
     if store.load() is None:
         raise InputError(f"cluster {inventory.cluster!r} is not up (no state): start it with `sparkctl up` first")
@@ -128,7 +127,7 @@ def supervise(inventory: Inventory, playbook: Playbook, options: SuperviseOption
                 evidence = collect_evidence(options.evidence_dir, result, inventory, raw)
                 reporter.event(None, f"evidence in {evidence}; restarting (down, then up)")
                 break  # leave the session's connections before down/up open their own
-        history.append({"at": time.time(), "state": result.state, "reasons": [r.to_dict() for r in result.reasons],
+        history.append({"at": time.time(), "state": result.state, "reasons": [reason_dict(r) for r in result.reasons],
                         "evidence": evidence})
         while True:
             restarts.append(clock())

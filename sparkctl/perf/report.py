@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sparkctl.findings import Finding
 from sparkctl.perf.bench import BenchResult, BenchStep
 from sparkctl.perf.predict import Prediction, decode_step, predict
-from sparkctl.perf.rules import Finding
+from sparkctl.perf.rules import finding_dict
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def to_dict(prediction: Prediction, findings: list[Finding], *, sources: dict[st
                    "usable_gb_per_node": prediction.fit.usable_gb_per_node,
                    "kv_cache_tokens": prediction.fit.kv_cache_tokens, "fits": prediction.fit.fits},
         "layouts": layouts, "layout_winner": winner,
-        "findings": [f.to_dict() for f in findings],
+        "findings": [finding_dict(f) for f in findings],
         "sources": dict(sources),
     }
     if m.moe is not None and s.concurrency > 1:

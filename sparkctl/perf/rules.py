@@ -1,5 +1,5 @@
 """Misconfiguration rules. Each finding carries its evidence, the gain the model
-predicts from fixing it (when the model can say), and the fix."""
+predicts from fixing it (when the model can say), and the fix (its hint)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from sparkctl.bench.metrics import MetricsSample
+from sparkctl.findings import Finding, Severity, level
 from sparkctl.perf.bench import BenchStep
 from sparkctl.perf.predict import Prediction, Scenario, decode_step, memory_fit, predict
 from sparkctl.perf.store import ProbeRecord
@@ -16,18 +17,15 @@ from sparkctl.perf.store import ProbeRecord
 GB10_MAX_GPU_MEMORY_UTILIZATION = 0.9  # page cache and the OS share GB10's 128 GB; 0.85-0.87 is the usual advice
 
 
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    level: str  # warning | info
-    message: str
-    evidence: str
-    predicted_gain: str | None
-    fix: str
+def _warning(code: str, message: str, evidence: str, predicted_gain: str | None, fix: str) -> Finding:
+    """Every rule here is a WARNING: the cluster serves, slower than it could."""
+    return Finding(code, Severity.WARNING, message, evidence=evidence, hint=fix, predicted_gain=predicted_gain)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "level": self.level, "message": self.message, "evidence": self.evidence,
-                "predicted_gain": self.predicted_gain, "fix": self.fix}
+
+def finding_dict(f: Finding) -> dict[str, Any]:
+    """A finding in `explain --json` and doctor's performance_findings: the hint is the `fix`."""
+    return {"code": f.code, "level": level(f.severity), "message": f.message, "evidence": f.evidence,
+            "predicted_gain": f.predicted_gain, "fix": f.hint}
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ def enforce_eager(config: ServingConfig, scenario: Scenario | None) -> Finding |
         eager = predict(replace(scenario, eager=True)).decode_tok_s_per_user
         graphs = predict(replace(scenario, eager=False)).decode_tok_s_per_user
         gain = _gain(eager, graphs, "tok/s per user")
-    return Finding("enforce-eager", "warning", "CUDA graphs are off (--enforce-eager): every decode step launches "
+    return _warning("enforce-eager", "CUDA graphs are off (--enforce-eager): every decode step launches "
                    "its kernels from Python", f"enforce_eager in {config.source}", gain,
                    "remove --enforce-eager (keep it only to debug a graph-capture failure)")
 
@@ -134,7 +132,7 @@ def gpu_memory_utilization(config: ServingConfig, on_gb10: bool) -> Finding | No
     util = config.gpu_memory_utilization
     if not on_gb10 or util is None or util <= GB10_MAX_GPU_MEMORY_UTILIZATION:
         return None
-    return Finding("gpu-memory-utilization", "warning",
+    return _warning("gpu-memory-utilization",
                    f"--gpu-memory-utilization {util:g} leaves too little of GB10's unified memory to the OS and page cache",
                    f"gpu_memory_utilization={util:g} in {config.source}", None,
                    "use 0.85 or less on a DGX Spark (the memory is shared with the CPU; higher values end in OOM kills or a frozen node)")
@@ -146,7 +144,7 @@ def tp_vs_replicas(prediction: Prediction) -> Finding | None:
     tp, replicas = prediction.layouts[0], prediction.layouts[1]
     if not replicas.fits or replicas.total <= tp.total * 1.1:
         return None
-    return Finding("tp-vs-replicas", "warning",
+    return _warning("tp-vs-replicas",
                    f"the model fits on one node and {replicas.name} serve this load faster than {tp.name}",
                    f"at concurrency {prediction.scenario.concurrency}: {tp.name} {tp.total:.0f} tok/s total "
                    f"({tp.per_user:.1f}/user), {replicas.name} {replicas.total:.0f} tok/s total ({replicas.per_user:.1f}/user)",
@@ -166,7 +164,7 @@ def tp_latency_bound(prediction: Prediction) -> Finding | None:
     if 1000.0 / split.total_ms >= 1.15 * 1000.0 / one.total_ms:
         return None
     saved = one.memory_ms - split.memory_ms
-    return Finding("tp-latency-bound", "warning",
+    return _warning("tp-latency-bound",
                    f"TP={s.tp} across nodes barely helps one user: the model reads too few bytes per token for the "
                    "link's latency to pay off",
                    f"TP saves {saved:.1f} ms of memory reads per token but adds {split.communication_ms:.1f} ms of "
@@ -187,7 +185,7 @@ def max_num_seqs(config: ServingConfig, prediction: Prediction, kv_cache_tokens:
         return None
     served = predict(replace(s, concurrency=seqs)).decode_tok_s_total
     possible = predict(replace(s, concurrency=min(s.concurrency, capacity))).decode_tok_s_total
-    return Finding("max-num-seqs", "warning",
+    return _warning("max-num-seqs",
                    f"--max-num-seqs {seqs} caps the batch far below what the KV cache holds",
                    f"KV cache {capacity_tokens:,} tokens = {capacity} sequences of {s.context} tokens; "
                    f"{s.concurrency} users, {seqs} served at a time ({config.source})",
@@ -206,7 +204,7 @@ def kv_underused(step: BenchStep, prediction: Prediction | None) -> Finding | No
         s = prediction.scenario
         low = predict(replace(s, concurrency=max(1, round(server.running_mean)))).decode_tok_s_total
         gain = _gain(low, predict(replace(s, concurrency=step.concurrency)).decode_tok_s_total, "tok/s total")
-    return Finding("batching-underused", "warning",
+    return _warning("batching-underused",
                    "the server ran far fewer requests at once than the load offered",
                    f"target concurrency {step.concurrency}, server running {server.running_mean:.1f} on average{usage}",
                    gain, "check --max-num-seqs and --max-num-batched-tokens, and that the client keeps requests in flight")
@@ -218,7 +216,7 @@ def queue_with_free_kv(snapshot: MetricsSample | None, config: ServingConfig | N
             or snapshot.kv_cache_usage >= 0.5):
         return None
     limit = f"--max-num-seqs {config.max_num_seqs}" if config and config.max_num_seqs else "--max-num-seqs"
-    return Finding("batching-underused", "warning", "requests wait in the queue while the KV cache is mostly empty",
+    return _warning("batching-underused", "requests wait in the queue while the KV cache is mostly empty",
                    f"/metrics: {snapshot.running or 0:g} running, {snapshot.waiting:g} waiting, KV cache "
                    f"{snapshot.kv_cache_usage:.0%} used", None,
                    f"raise {limit} (and --max-num-batched-tokens if prompts are long) so waiting requests join the batch")
@@ -236,7 +234,7 @@ def nccl_transport(probe: ProbeRecord | None, prediction: Prediction | None) -> 
         healthy = replace(prediction.scenario, allreduce_us=None)
         gain = _gain(prediction.decode_tok_s_per_user, predict(healthy).decode_tok_s_per_user, "tok/s per user")
     what = f"NCCL fell back to TCP sockets on {', '.join(sockets)}" if sockets else "NCCL used only one RDMA twin"
-    return Finding("nccl-transport", "warning", what,
+    return _warning("nccl-transport", what,
                    "last sparkctl nccl-probe: " + (f"transport {probe.transports}" if sockets else "finding single-hca"),
                    gain, "run `sparkctl check` (RDMA devices, GIDs, NCCL_IB_HCA with both twins) and re-run nccl-probe")
 
@@ -261,7 +259,7 @@ def log_findings(text: str, *, kv_cache_tokens: int | None = None, max_concurren
         return []
     out = [enforce_eager(config, None), gpu_memory_utilization(config, log_mentions_gb10(text))]
     if config.max_num_seqs and max_concurrency and max_concurrency >= 4 * config.max_num_seqs:
-        out.append(Finding("max-num-seqs", "warning",
+        out.append(_warning("max-num-seqs",
                            f"--max-num-seqs {config.max_num_seqs} caps the batch far below what the KV cache holds",
                            f"the log's KV cache fits {max_concurrency:g} full-length requests"
                            + (f" ({kv_cache_tokens:,} tokens)" if kv_cache_tokens else ""), None,

@@ -21,9 +21,10 @@ from typing import Any
 
 from sparkctl.backends.torchrun import TorchrunJob
 from sparkctl.errors import InputError, OperationFailed
+from sparkctl.findings import Finding, Severity, most_severe_first, probe_status
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.spec import node_dir
-from sparkctl.probes.nccl_log import parse_nccl_log
+from sparkctl.probes.nccl_log import finding_dict, parse_nccl_log
 from sparkctl.probes.nccl_tests import DEGRADED_FRACTION, VERDICT_MIN_BYTES, human_bytes
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -359,7 +360,7 @@ def transport_summary(log: str) -> dict[str, Any]:
         "init_time_s": rep.init_time_s,
         "nranks": rep.nranks,
         "qps": qps,
-        "findings": [f.to_dict() for f in rep.findings],
+        "findings": [finding_dict(f) for f in rep.findings],
     }
 
 
@@ -390,38 +391,35 @@ def describe_transport(t: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- verdict
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # ok | degraded | not-judged | warning
-    reason: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status, "reason": self.reason}
+# One Finding per thing judged: ERROR degrades the verdict, INFO is "not judged" (the run
+# cannot say), WARNING is reported without changing the verdict.
+def check_dict(check: Finding) -> dict[str, str]:
+    """A verdict check in `nccl-probe --json`: its severity as nccl-probe's status word."""
+    return {"name": check.code, "status": probe_status(check.severity), "reason": check.message}
 
 
-def judge(result: ProbeResult, transports: dict[str, dict[str, Any]], options: ProbeOptions) -> tuple[str, list[Check]]:
+def judge(result: ProbeResult, transports: dict[str, dict[str, Any]], options: ProbeOptions) -> tuple[str, list[Finding]]:
     """ok / degraded / inconclusive, with one check per thing judged."""
-    checks: list[Check] = []
+    checks: list[Finding] = []
     if result.ranks_agree is False:
-        checks.append(Check("correctness", "degraded",
-                            "ranks disagree on the all-reduce sum: the collective returned wrong data"))
+        checks.append(Finding("correctness", Severity.ERROR,
+                              "ranks disagree on the all-reduce sum: the collective returned wrong data"))
     if result.backend != "nccl":
-        checks.append(Check("thresholds", "not-judged",
-                            f"this run used {result.backend} on CPU: the thresholds ({options.expect_busbw_gbs:g} GB/s "
-                            f"busbw, {options.max_small_latency_us:g} us at {human_bytes(options.small_size)}) are "
-                            "for NCCL on GPUs over RoCE and do not apply"))
+        checks.append(Finding("thresholds", Severity.INFO,
+                              f"this run used {result.backend} on CPU: the thresholds ({options.expect_busbw_gbs:g} GB/s "
+                              f"busbw, {options.max_small_latency_us:g} us at {human_bytes(options.small_size)}) are "
+                              "for NCCL on GPUs over RoCE and do not apply"))
         return _verdict(checks), checks
     if result.world_size == 1:
-        checks.append(Check("topology", "not-judged",
-                            "a single rank: nothing crosses a link (busbw is 0 by definition); this run exercises "
-                            "the probe, NCCL start-up and the timing only"))
-        checks.extend(c for c in _transport_checks(transports) if c.name != "transport")
+        checks.append(Finding("topology", Severity.INFO,
+                              "a single rank: nothing crosses a link (busbw is 0 by definition); this run exercises "
+                              "the probe, NCCL start-up and the timing only"))
+        checks.extend(c for c in _transport_checks(transports) if c.code != "transport")
         return _verdict(checks), checks
     hosts = {r.get("host") for r in result.ranks if r.get("host")}
     if len(hosts) == 1 and result.world_size > 1:
-        checks.append(Check("topology", "not-judged",
-                            f"every rank ran on {next(iter(hosts))}: this measures the intra-node path, not the link"))
+        checks.append(Finding("topology", Severity.INFO,
+                              f"every rank ran on {next(iter(hosts))}: this measures the intra-node path, not the link"))
     checks.extend(_transport_checks(transports))
     mode = "eager" if "eager" in {r.mode for r in result.rows} else (result.rows[0].mode if result.rows else "eager")
     rows = rows_of(result.rows, mode)
@@ -430,20 +428,20 @@ def judge(result: ProbeResult, transports: dict[str, dict[str, Any]], options: P
     return _verdict(checks), checks
 
 
-def _verdict(checks: list[Check]) -> str:
-    statuses = {c.status for c in checks}
-    if "degraded" in statuses:
+def _verdict(checks: list[Finding]) -> str:
+    severities = {c.severity for c in checks}
+    if Severity.ERROR in severities:
         return "degraded"
-    return "inconclusive" if "not-judged" in statuses or not checks else "ok"
+    return "inconclusive" if Severity.INFO in severities or not checks else "ok"
 
 
-def _transport_checks(transports: dict[str, dict[str, Any]]) -> list[Check]:
+def _transport_checks(transports: dict[str, dict[str, Any]]) -> list[Finding]:
     checks = []
     kinds = {name: t.get("transport", "unknown") for name, t in transports.items()}
     socket_nodes = sorted(n for n, k in kinds.items() if k == "socket")
     if socket_nodes:
-        checks.append(Check("transport", "degraded",
-                            f"NCCL fell back to TCP sockets on {', '.join(socket_nodes)} instead of RDMA"))
+        checks.append(Finding("transport", Severity.ERROR,
+                              f"NCCL fell back to TCP sockets on {', '.join(socket_nodes)} instead of RDMA"))
     elif kinds and all(k == "unknown" for k in kinds.values()):
         if all(t.get("nranks") == 1 for t in transports.values()):
             reason = "a single rank: NCCL connects no ranks, so no transport is used and none can be judged"
@@ -451,41 +449,42 @@ def _transport_checks(transports: dict[str, dict[str, Any]]) -> list[Check]:
             reason = "the NCCL logs show no connection between ranks (init lines only)"
         else:
             reason = "no NCCL INFO lines in the logs (is NCCL_DEBUG overridden in the inventory?)"
-        checks.append(Check("transport", "not-judged", reason))
+        checks.append(Finding("transport", Severity.INFO, reason))
     elif kinds:
-        checks.append(Check("transport", "ok", "NCCL used " + ", ".join(
+        checks.append(Finding("transport", Severity.OK, "NCCL used " + ", ".join(
             f"{n}: {describe_transport(t).split(';')[0]}" for n, t in sorted(transports.items()))))
     seen: set[str] = set()
     for name, t in sorted(transports.items()):
         for f in t.get("findings", []):
-            if f["code"] in seen or f["code"] == "socket-fallback" or f["level"] == "info":
+            severity = Severity(f["level"])  # the summary's `level` is the severity's own name
+            if f["code"] in seen or f["code"] == "socket-fallback" or severity is Severity.INFO:
                 continue
             seen.add(f["code"])
-            checks.append(Check(f"nccl:{f['code']}", "degraded" if f["level"] == "error" else "warning",
-                                f"{name}: {f['message']}"))
+            checks.append(Finding(f"nccl:{f['code']}", severity,
+                                  f"{name}: {f['message']}"))
     return checks
 
 
-def _bandwidth_check(rows: list[ProbeRow], mode: str, options: ProbeOptions) -> Check:
+def _bandwidth_check(rows: list[ProbeRow], mode: str, options: ProbeOptions) -> Finding:
     big = [r for r in rows if r.size_bytes >= VERDICT_MIN_BYTES and r.busbw_gbs is not None]
     if not big:
         largest = human_bytes(rows[-1].size_bytes) if rows else "nothing"
-        return Check("busbw", "not-judged", f"the largest {mode} size is {largest}, below "
-                     f"{human_bytes(VERDICT_MIN_BYTES)}: bandwidth not judged (measure up to 1G)")
+        return Finding("busbw", Severity.INFO, f"the largest {mode} size is {largest}, below "
+                       f"{human_bytes(VERDICT_MIN_BYTES)}: bandwidth not judged (measure up to 1G)")
     row = big[-1]
     bw = row.busbw_gbs or 0.0
     floor = options.expect_busbw_gbs * options.degraded_fraction
     pct = 100 * bw / options.expect_busbw_gbs
     text = (f"{mode} busbw at {human_bytes(row.size_bytes)} is {bw:.2f} GB/s, {pct:.0f}% of the expected "
             f"{options.expect_busbw_gbs:g} GB/s (degraded below {floor:.2f})")
-    return Check("busbw", "degraded" if bw < floor else "ok", text)
+    return Finding("busbw", Severity.ERROR if bw < floor else Severity.OK, text)
 
 
-def _latency_check(rows: list[ProbeRow], mode: str, options: ProbeOptions) -> Check:
+def _latency_check(rows: list[ProbeRow], mode: str, options: ProbeOptions) -> Finding:
     size = options.small_size
     if not rows or not rows[0].size_bytes <= size <= rows[-1].size_bytes:
-        return Check("small-latency", "not-judged",
-                     f"{human_bytes(size)} is outside the measured sizes: small-message latency not judged")
+        return Finding("small-latency", Severity.INFO,
+                       f"{human_bytes(size)} is outside the measured sizes: small-message latency not judged")
     found = latency_at(rows, size)
     assert found is not None
     value, basis = found
@@ -493,7 +492,7 @@ def _latency_check(rows: list[ProbeRow], mode: str, options: ProbeOptions) -> Ch
     how = "" if basis["method"] == "measured" else " (interpolated)"
     limit = options.max_small_latency_us
     text = f"{mode} {stat} latency at {human_bytes(size)} is {value:.1f} us{how}, limit {limit:g} us"
-    return Check("small-latency", "degraded" if value > limit else "ok", text)
+    return Finding("small-latency", Severity.ERROR if value > limit else Severity.OK, text)
 
 
 # ---------------------------------------------------------------- token cost
@@ -575,7 +574,7 @@ class ProbeReport:
     ranks_agree: bool | None
     transport: dict[str, dict[str, Any]]
     verdict: str
-    checks: list[Check]
+    checks: list[Finding]
     thresholds: dict[str, Any]
     token_cost: dict[str, Any]
     wall_s: float | None = None
@@ -588,8 +587,7 @@ class ProbeReport:
 
     @property
     def verdict_reasons(self) -> list[str]:
-        order = {"degraded": 0, "warning": 1, "not-judged": 2, "ok": 3}
-        return [c.reason for c in sorted(self.checks, key=lambda c: order.get(c.status, 9))]
+        return [c.message for c in most_severe_first(self.checks)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -605,7 +603,7 @@ class ProbeReport:
             "transport": {k: dict(v) for k, v in self.transport.items()},
             "verdict": self.verdict,
             "verdict_reasons": self.verdict_reasons,
-            "checks": [c.to_dict() for c in self.checks],
+            "checks": [check_dict(c) for c in self.checks],
             "thresholds": dict(self.thresholds),
             "token_cost": dict(self.token_cost),
             "ranks": list(self.ranks),

@@ -14,12 +14,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from ..findings import Finding, Severity, level, most_severe_first
 from ..logtext import NCCL_VERSION, finite_float, iter_lines, strip_ansi, strip_process_tags
 
 # NCCL prints the verbs path-MTU enum; people think in bytes.
 MTU_BYTES = {1: 256, 2: 512, 3: 1024, 4: 2048, 5: 4096}
 
-_LEVEL_ORDER = {"error": 0, "warning": 1, "info": 2}
 # Distinct hosts, ranks, devices, variables... a log can name: a real one names a few
 # dozen; a hostile or runaway one could name millions, and the report stays small.
 MAX_ITEMS = 1024
@@ -85,17 +85,6 @@ _PLUGIN_PROBE = re.compile(
     r"Failed to find nccl(?:Coll)?NetPlugin_v\d+ symbol|Could not find|No plugin found|No such file"
 )
 _SPARK_HCA = re.compile(r"^roce(p1|P2p1)s0f(\d)$")
-
-
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    level: str  # "error" | "warning" | "info"
-    message: str
-    evidence: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "level": self.level, "message": self.message, "evidence": self.evidence}
 
 
 @dataclass(frozen=True)
@@ -185,8 +174,13 @@ class NcclLogReport:
             "env": dict(self.env),
             "warnings": list(self.warnings),
             "truncated": self.truncated,
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [finding_dict(f) for f in self.findings],
         }
+
+
+def finding_dict(f: Finding) -> dict[str, Any]:
+    """An NCCL log finding in `--json` (doctor nccl-log, nccl-probe's transport): its severity as `level`."""
+    return {"code": f.code, "level": level(f.severity), "message": f.message, "evidence": f.evidence}
 
 
 @dataclass(frozen=True)
@@ -332,122 +326,174 @@ def parse_nccl_log(text: str) -> NcclLogReport:
 def parse_nccl_log_lines(read: Callable[[], Iterable[str]]) -> NcclLogReport:
     """The same from a source of lines: `read()` gives them from the start and is called
     twice (host names first), so a file is streamed, never held whole."""
-    clean_hosts = _clean_hosts(read())
-    r = NcclLogReport()
-    ev: dict[str, str] = {}  # first line that proves each fact, for messages
-    net_names: list[str] = []  # from "Using network X" / "Assigned NET plugin X"
-    init_names: list[str] = []  # from "Initialized NET plugin X" / "P2P plugin X"
-    data_kinds: list[str] = []
-    dev_names: dict[int, str] = {}
-    gdr_seen: set[bool] = set()
-    ib_errors, plugin_failures, other_warns = _Tally(), _Tally(), _Tally()
-    qp_seen: dict[tuple, tuple[str | None, re.Match[str], str]] = {}
+    parser = _Parser()
+    for ln in _messages(read(), _clean_hosts(read())):
+        parser.feed(ln)
+    return parser.finish()
 
-    for ln in _messages(read(), clean_hosts):
+
+class _Parser:
+    """What one pass over the messages has seen; `finish` turns it into the report."""
+
+    def __init__(self) -> None:
+        self.r = NcclLogReport()
+        self.seen = _Seen()
+        self.net_names: list[str] = []  # from "Using network X" / "Assigned NET plugin X"
+        self.init_names: list[str] = []  # from "Initialized NET plugin X" / "P2P plugin X"
+        self.data_kinds: list[str] = []
+        self.dev_names: dict[int, str] = {}
+        self.gdr_seen: set[bool] = set()
+        self.qp_seen: dict[tuple, tuple[str | None, re.Match[str], str]] = {}
+        # INFO messages: the first pattern that matches decides what the message is
+        self.info_rules: tuple[tuple[Callable[[str], re.Match[str] | None], Callable[[re.Match[str], _Line], None]], ...] = (
+            (_CUDA_DRIVER.match, self._cuda_driver),
+            (_ENV.match, self._env),
+            (_USING_NETWORK.match, self._using_network),
+            (_PLUGIN_NAME.match, self._plugin_name),
+            (_NET_USING.match, self._net_using),
+            (_BOOTSTRAP.match, self._bootstrap),
+            (_IB_DEV.match, self._ib_dev),
+            (_VIRTUAL_DEV.search, self._virtual_dev),
+            (_IB_NONE.match, self._ib_none),
+            (_QP.match, self._qp),
+            (_COMM.search, self._comm),
+            (_INIT_TOTAL.match, self._init_total),
+        )
+
+    def feed(self, ln: _Line | _Omitted) -> None:
         if isinstance(ln, _Omitted):
-            r.truncated = True
-            continue
+            self.r.truncated = True
+            return
         msg = ln.msg
-        _add(r.hosts, ln.host)
+        _add(self.r.hosts, ln.host)
         if (m := NCCL_VERSION.search(msg)) is not None:
-            _add_version(r.nccl_versions, m[1])
+            _add_version(self.r.nccl_versions, m[1])
         if ln.level is None:
-            if _IB_ERROR.search(msg):
-                ib_errors.append(msg)
-            continue
+            if _IB_ERROR.search(msg):  # torch re-printing NCCL's last error
+                self.seen.ib_errors.append(msg)
+            return
         plugin_failed = bool(_PLUGIN_FAIL.search(msg)) and not _PLUGIN_PROBE.search(msg)
         if plugin_failed:  # NCCL reports some of these at INFO level
-            plugin_failures.append(msg)
+            self.seen.plugin_failures.append(msg)
         if ln.level == "WARN":
-            if _IB_ERROR.search(msg) and not plugin_failed:
-                ib_errors.append(msg)
-            elif not plugin_failed:
-                other_warns.append(msg)
-            _add(r.warnings, msg, MAX_WARNINGS)
-            continue
-        if (m := _CUDA_DRIVER.match(msg)) is not None:
-            r.cuda_driver_version = r.cuda_driver_version or int(m[1])
-        elif (m := _ENV.match(msg)) is not None:
-            _put(r.env, m[1], m[2].strip())
-            _put(ev, "env:" + m[1], msg)
-        elif (m := _USING_NETWORK.match(msg)) is not None:
-            _add(net_names, m[1])
-            ev.setdefault("network:" + _network_of(m[1]), msg)
-        elif (m := _PLUGIN_NAME.match(msg)) is not None:
-            name = m[1] or m[2]
-            _add(net_names if msg.startswith("Assigned") else init_names, name)
-        elif (m := _NET_USING.match(msg)) is not None:
-            rest = m["rest"]
-            if m["net"] == "Socket":
-                for item in _SOCKET_ITEM.finditer(rest):
-                    _add(r.socket_devices, item[2])
-                ev.setdefault("socket-using", msg)
-            else:
-                for item in _IB_ITEM.finditer(rest):
-                    _put(dev_names, int(item[1]), item[2])
-                    for name in item[2].split("+"):  # merged virtual NICs: a+b
-                        _add(r.ib_devices, name)
-                    r.link_layer = r.link_layer or item[4]
-                ev.setdefault("ib-using", msg)
-            if (oob := _OOB.search(rest)) is not None:
-                r.oob_interface = r.oob_interface or _IF_INDEX.sub("", oob[1])
-        elif (m := _BOOTSTRAP.match(msg)) is not None:
-            r.bootstrap_interface = r.bootstrap_interface or _IF_INDEX.sub("", m[1])
-        elif (m := _IB_DEV.match(msg)) is not None:
-            _add(r.ib_devices, m[1])
-        elif (m := _VIRTUAL_DEV.search(msg)) is not None:
-            _put(dev_names, int(m[1]), m[2])
-            for name in m[2].split("+"):
-                _add(r.ib_devices, name)
-        elif _IB_NONE.match(msg):
-            ev.setdefault("ib-none", msg)
-        elif (m := _QP.match(msg)) is not None:
-            _put(qp_seen, (ln.host, m[1], m[2], m[3], m[4]), (ln.host, m, msg))
-        elif (m := _COMM.search(msg)) is not None:
-            _add(r.ranks, int(m[1]))
-            r.nranks = max(r.nranks or 0, int(m[2]))
-            if m[3] is not None:
-                r.nnodes = max(r.nnodes or 0, int(m[3]))
-            if m[4] is not None:
-                r.local_ranks = max(r.local_ranks or 0, int(m[4]))
-        elif (m := _INIT_TOTAL.match(msg)) is not None and (total := finite_float(m[1])) is not None:
-            r.init_time_s = max(r.init_time_s or 0.0, total)
+            self._warn(msg, plugin_failed)
+            return
+        for find, handle in self.info_rules:
+            if (m := find(msg)) is not None:
+                handle(m, ln)
+                break
+        self._data_paths(msg)
+
+    def _warn(self, msg: str, plugin_failed: bool) -> None:
+        if _IB_ERROR.search(msg) and not plugin_failed:
+            self.seen.ib_errors.append(msg)
+        elif not plugin_failed:
+            self.seen.other_warns.append(msg)
+        _add(self.r.warnings, msg, MAX_WARNINGS)
+
+    # ------------------------------------------------ one handler per kind of INFO message
+    def _cuda_driver(self, m: re.Match[str], ln: _Line) -> None:
+        self.r.cuda_driver_version = self.r.cuda_driver_version or int(m[1])
+
+    def _env(self, m: re.Match[str], ln: _Line) -> None:
+        _put(self.r.env, m[1], m[2].strip())
+        _put(self.seen.ev, "env:" + m[1], ln.msg)
+
+    def _using_network(self, m: re.Match[str], ln: _Line) -> None:
+        _add(self.net_names, m[1])
+        self.seen.ev.setdefault("network:" + _network_of(m[1]), ln.msg)
+
+    def _plugin_name(self, m: re.Match[str], ln: _Line) -> None:
+        _add(self.net_names if ln.msg.startswith("Assigned") else self.init_names, m[1] or m[2])
+
+    def _net_using(self, m: re.Match[str], ln: _Line) -> None:
+        r, rest = self.r, m["rest"]
+        if m["net"] == "Socket":
+            for item in _SOCKET_ITEM.finditer(rest):
+                _add(r.socket_devices, item[2])
+            self.seen.ev.setdefault("socket-using", ln.msg)
+        else:
+            for item in _IB_ITEM.finditer(rest):
+                _put(self.dev_names, int(item[1]), item[2])
+                for name in item[2].split("+"):  # merged virtual NICs: a+b
+                    _add(r.ib_devices, name)
+                r.link_layer = r.link_layer or item[4]
+            self.seen.ev.setdefault("ib-using", ln.msg)
+        if (oob := _OOB.search(rest)) is not None:
+            r.oob_interface = r.oob_interface or _IF_INDEX.sub("", oob[1])
+
+    def _bootstrap(self, m: re.Match[str], ln: _Line) -> None:
+        self.r.bootstrap_interface = self.r.bootstrap_interface or _IF_INDEX.sub("", m[1])
+
+    def _ib_dev(self, m: re.Match[str], ln: _Line) -> None:
+        _add(self.r.ib_devices, m[1])
+
+    def _virtual_dev(self, m: re.Match[str], ln: _Line) -> None:
+        _put(self.dev_names, int(m[1]), m[2])
+        for name in m[2].split("+"):
+            _add(self.r.ib_devices, name)
+
+    def _ib_none(self, m: re.Match[str], ln: _Line) -> None:
+        self.seen.ev.setdefault("ib-none", ln.msg)
+
+    def _qp(self, m: re.Match[str], ln: _Line) -> None:
+        _put(self.qp_seen, (ln.host, m[1], m[2], m[3], m[4]), (ln.host, m, ln.msg))
+
+    def _comm(self, m: re.Match[str], ln: _Line) -> None:
+        r = self.r
+        _add(r.ranks, int(m[1]))
+        r.nranks = max(r.nranks or 0, int(m[2]))
+        if m[3] is not None:
+            r.nnodes = max(r.nnodes or 0, int(m[3]))
+        if m[4] is not None:
+            r.local_ranks = max(r.local_ranks or 0, int(m[4]))
+
+    def _init_total(self, m: re.Match[str], ln: _Line) -> None:
+        if (total := finite_float(m[1])) is not None:
+            self.r.init_time_s = max(self.r.init_time_s or 0.0, total)
+
+    # ------------------------------------------------ looked for in every INFO message
+    def _data_paths(self, msg: str) -> None:
+        """Channels, NVLS, NVLink and GPUDirect: which paths carried data."""
+        r, ev = self.r, self.seen.ev
         if (m := _CHANNEL.search(msg)) is not None:
             path, rest = m["path"], m["rest"]
             if path in r.channels or len(r.channels) < MAX_ITEMS:
                 r.channels[path] = r.channels.get(path, 0) + 1
             kind = _channel_kind(path)
-            _add(data_kinds, kind)
+            _add(self.data_kinds, kind)
             ev.setdefault("channel:" + kind, msg)
             if "GDRDMA" in rest:
-                gdr_seen.add(True)
+                self.gdr_seen.add(True)
         if (m := _NVLS_CHANNELS.search(msg)) is not None:
             r.nvls_channels = max(r.nvls_channels or 0, int(m[1]))
             if int(m[1]) > 0:
-                _add(data_kinds, "nvls")
+                _add(self.data_kinds, "nvls")
         if _NVLINK.search(msg):
-            _add(data_kinds, "p2p")
+            _add(self.data_kinds, "p2p")
         if (m := _GDR_HCA.search(msg)) is not None:
-            gdr_seen.add(m[1] == "Enabled")
+            self.gdr_seen.add(m[1] == "Enabled")
             ev.setdefault("gdr", msg)
         elif (m := _GDR_FLAG.search(msg)) is not None:
-            gdr_seen.add(m[1] == "1")
+            self.gdr_seen.add(m[1] == "1")
             ev.setdefault("gdr", msg)
 
-    r.ranks.sort()
-    r.nccl_version = r.nccl_versions[0] if r.nccl_versions else None
-    r.net_plugin = next(iter(net_names or init_names), None)
-    r.gdr = True if True in gdr_seen else (False if gdr_seen else None)
-    # Built last so each QP can be named from every "Using [i]name" line, wherever it was.
-    r.qps = [_queue_pair(host, m, line, dev_names) for host, m, line in qp_seen.values()]
-    r.network = _selected_network(r, ev)
-    r.transport = _transport(r, data_kinds)
-    r.transports_seen = list(data_kinds)
-    if r.transport != "unknown":
-        _add(r.transports_seen, r.transport)
-    r.devices = list(r.socket_devices if r.transport == "socket" else r.ib_devices or r.socket_devices)
-    r.findings = _findings(r, ev, ib_errors, plugin_failures, other_warns)
-    return r
+    def finish(self) -> NcclLogReport:
+        r = self.r
+        r.ranks.sort()
+        r.nccl_version = r.nccl_versions[0] if r.nccl_versions else None
+        r.net_plugin = next(iter(self.net_names or self.init_names), None)
+        r.gdr = True if True in self.gdr_seen else (False if self.gdr_seen else None)
+        # Built last so each QP can be named from every "Using [i]name" line, wherever it was.
+        r.qps = [_queue_pair(host, m, line, self.dev_names) for host, m, line in self.qp_seen.values()]
+        r.network = _selected_network(r, self.seen.ev)
+        r.transport = _transport(r, self.data_kinds)
+        r.transports_seen = list(self.data_kinds)
+        if r.transport != "unknown":
+            _add(r.transports_seen, r.transport)
+        r.devices = list(r.socket_devices if r.transport == "socket" else r.ib_devices or r.socket_devices)
+        r.findings = most_severe_first(f for rule in _RULES if (f := rule(r, self.seen)) is not None)
+        return r
 
 
 def _queue_pair(host: str | None, m: re.Match[str], line: str, dev_names: dict[int, str]) -> QueuePair:
@@ -505,131 +551,184 @@ def _qp_name(qp: QueuePair) -> str:
     return qp.device or f"NCCL dev {qp.dev}"
 
 
-def _findings(
-    r: NcclLogReport, ev: dict[str, str], ib_errors: _Tally, plugin_failures: _Tally, other_warns: _Tally
-) -> list[Finding]:
-    out: list[Finding] = []
+@dataclass
+class _Seen:
+    """What the rules read beyond the report: the first line that proves each fact, and the
+    WARN/error lines by kind."""
 
-    if r.transport == "socket":
-        evidence = ev.get("channel:socket") or ev.get("network:socket") or ev.get("socket-using") or ev.get("ib-none")
-        if r.env.get("NCCL_NET", "").lower() == "socket" or r.env.get("NCCL_IB_DISABLE") == "1":
-            why, fix = "because the environment forces it", "unset NCCL_NET=Socket / NCCL_IB_DISABLE=1"
-        elif "ib-none" in ev:  # checked before plugins: without a device no plugin choice helps
-            why = "because NCCL saw no RDMA device (NET/IB : No device found)"
-            fix = ("start containers with --device /dev/infiniband --cap-add IPC_LOCK --ulimit memlock=-1 "
-                   "and check that ibdev2netdev shows both twins Up")
-        elif plugin_failures:
-            why, fix = "after a NET plugin failed to load", "set NCCL_NET_PLUGIN=none so NCCL uses its built-in IB transport"
-        else:
-            why = ""
-            fix = ("make the RDMA devices visible (--device /dev/infiniband, IPC_LOCK, memlock unlimited), "
-                   "unset NCCL_IB_DISABLE/NCCL_NET=Socket, and name both twins in NCCL_IB_HCA")
-        out.append(Finding(
-            "socket-fallback", "error",
-            f"Inter-node NCCL traffic runs over TCP sockets{' ' + why if why else ''} "
-            f"(\"{evidence}\"), far below RoCE speed and latency; {fix}.", evidence))
+    ev: dict[str, str] = field(default_factory=dict)
+    ib_errors: _Tally = field(default_factory=_Tally)
+    plugin_failures: _Tally = field(default_factory=_Tally)
+    other_warns: _Tally = field(default_factory=_Tally)
 
-    if plugin_failures:
-        level = "warning" if r.transport == "socket" else "info"
-        after = "NCCL then fell back to sockets" if r.transport == "socket" else f"NCCL used {r.net_plugin or 'another NET'} instead"
-        out.append(Finding(
-            "net-plugin-fallback", level,
-            f"A NET plugin failed (\"{plugin_failures[0]}\") and {after}; set NCCL_NET_PLUGIN=none unless that "
-            "plugin is wanted (NGC images ship aws-ofi-nccl / HPC-X plugins).", plugin_failures[0]))
 
-    if ib_errors:
-        first = ib_errors[0]
-        out.append(Finding(
-            "ib-error", "error",
-            f"The IB/RoCE transport failed ({len(ib_errors)} line(s); first: \"{first}\"); {_ib_error_fix(first)}.",
-            first))
+# ---------------------------------------------------------------- findings: one function per rule
+def _socket_fallback(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if r.transport != "socket":
+        return None
+    ev = seen.ev
+    evidence = ev.get("channel:socket") or ev.get("network:socket") or ev.get("socket-using") or ev.get("ib-none")
+    if r.env.get("NCCL_NET", "").lower() == "socket" or r.env.get("NCCL_IB_DISABLE") == "1":
+        why, fix = "because the environment forces it", "unset NCCL_NET=Socket / NCCL_IB_DISABLE=1"
+    elif "ib-none" in ev:  # checked before plugins: without a device no plugin choice helps
+        why = "because NCCL saw no RDMA device (NET/IB : No device found)"
+        fix = ("start containers with --device /dev/infiniband --cap-add IPC_LOCK --ulimit memlock=-1 "
+               "and check that ibdev2netdev shows both twins Up")
+    elif seen.plugin_failures:
+        why, fix = "after a NET plugin failed to load", "set NCCL_NET_PLUGIN=none so NCCL uses its built-in IB transport"
+    else:
+        why = ""
+        fix = ("make the RDMA devices visible (--device /dev/infiniband, IPC_LOCK, memlock unlimited), "
+               "unset NCCL_IB_DISABLE/NCCL_NET=Socket, and name both twins in NCCL_IB_HCA")
+    return Finding(
+        "socket-fallback", Severity.ERROR,
+        f"Inter-node NCCL traffic runs over TCP sockets{' ' + why if why else ''} "
+        f"(\"{evidence}\"), far below RoCE speed and latency; {fix}.", evidence)
 
+
+def _net_plugin_fallback(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if not seen.plugin_failures:
+        return None
+    socket = r.transport == "socket"
+    after = "NCCL then fell back to sockets" if socket else f"NCCL used {r.net_plugin or 'another NET'} instead"
+    first = seen.plugin_failures[0]
+    return Finding(
+        "net-plugin-fallback", Severity.WARNING if socket else Severity.INFO,
+        f"A NET plugin failed (\"{first}\") and {after}; set NCCL_NET_PLUGIN=none unless that "
+        "plugin is wanted (NGC images ship aws-ofi-nccl / HPC-X plugins).", first)
+
+
+def _ib_error(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if not seen.ib_errors:
+        return None
+    first = seen.ib_errors[0]
+    return Finding(
+        "ib-error", Severity.ERROR,
+        f"The IB/RoCE transport failed ({len(seen.ib_errors)} line(s); first: \"{first}\"); {_ib_error_fix(first)}.",
+        first)
+
+
+def _link_local_gid(r: NcclLogReport, seen: _Seen) -> Finding | None:
     bad_gid = [q for q in r.qps if q.gid_index == 0 or q.link_local]
-    if bad_gid:
-        q = bad_gid[0]
-        names = list(dict.fromkeys(_qp_name(x) for x in bad_gid))
-        netdev = _netdev_of(q.device or "")
-        out.append(Finding(
-            "link-local-gid", "error",
-            f"QPs on {', '.join(names)} use GID index {q.gid_index} ({q.gid or q.gid_raw}, a link-local fe80 GID"
-            f"{', host ' + q.host if q.host else ''}), so that twin has no IPv4 RoCE v2 GID; give "
-            f"{netdev or 'its netdev'} an IPv4 address on its own subnet and leave NCCL_IB_GID_INDEX unset.",
-            q.line))
+    if not bad_gid:
+        return None
+    q = bad_gid[0]
+    names = list(dict.fromkeys(_qp_name(x) for x in bad_gid))
+    netdev = _netdev_of(q.device or "")
+    return Finding(
+        "link-local-gid", Severity.ERROR,
+        f"QPs on {', '.join(names)} use GID index {q.gid_index} ({q.gid or q.gid_raw}, a link-local fe80 GID"
+        f"{', host ' + q.host if q.host else ''}), so that twin has no IPv4 RoCE v2 GID; give "
+        f"{netdev or 'its netdev'} an IPv4 address on its own subnet and leave NCCL_IB_GID_INDEX unset.",
+        q.line)
 
-    if r.transport == "ib" and len(r.ib_devices) == 1:
-        dev = r.ib_devices[0]
-        twin = _twin_of(dev)
-        both = f"{dev},{twin}" if twin else f"{dev} and its twin"
-        out.append(Finding(
-            "single-hca", "warning",
-            f"NCCL uses only one RDMA device ({dev}); a Spark reaches each QSFP cage through two PCIe x4 twins, "
-            f"so one device caps near half the link (~13.5 GB/s busbw): set NCCL_IB_HCA={both} and give both "
-            "twins an IPv4 address on separate subnets.", ev.get("ib-using")))
 
+def _single_hca(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if r.transport != "ib" or len(r.ib_devices) != 1:
+        return None
+    dev = r.ib_devices[0]
+    twin = _twin_of(dev)
+    both = f"{dev},{twin}" if twin else f"{dev} and its twin"
+    return Finding(
+        "single-hca", Severity.WARNING,
+        f"NCCL uses only one RDMA device ({dev}); a Spark reaches each QSFP cage through two PCIe x4 twins, "
+        f"so one device caps near half the link (~13.5 GB/s busbw): set NCCL_IB_HCA={both} and give both "
+        "twins an IPv4 address on separate subnets.", seen.ev.get("ib-using"))
+
+
+def _mtu_mismatch(r: NcclLogReport, seen: _Seen) -> Finding | None:
     per_host: dict[str | None, set[int]] = {}
     for q in r.qps:
         per_host.setdefault(q.host, set()).add(q.mtu_code)
-    if len(per_host) > 1 and len({frozenset(v) for v in per_host.values()}) > 1:
-        desc = ", ".join(f"{h or '?'}: {'/'.join(str(MTU_BYTES.get(c, c)) for c in sorted(v))}"
-                         for h, v in per_host.items())
-        out.append(Finding(
-            "mtu-mismatch", "error",
-            f"The nodes report different RoCE MTUs ({desc} bytes), which passes small pings then stalls collectives "
-            "(IBV_WC_RETRY_EXC_ERR); set the same netdev MTU (9000) on every twin of every node.", r.qps[0].line))
+    if len(per_host) <= 1 or len({frozenset(v) for v in per_host.values()}) <= 1:
+        return None
+    desc = ", ".join(f"{h or '?'}: {'/'.join(str(MTU_BYTES.get(c, c)) for c in sorted(v))}"
+                     for h, v in per_host.items())
+    return Finding(
+        "mtu-mismatch", Severity.ERROR,
+        f"The nodes report different RoCE MTUs ({desc} bytes), which passes small pings then stalls collectives "
+        "(IBV_WC_RETRY_EXC_ERR); set the same netdev MTU (9000) on every twin of every node.", r.qps[0].line)
+
+
+def _low_mtu(r: NcclLogReport, seen: _Seen) -> Finding | None:
     low = [q for q in r.qps if q.mtu_code < 5]
-    if low:
-        q = low[0]
-        names = list(dict.fromkeys(_qp_name(x) for x in low))
-        out.append(Finding(
-            "low-mtu", "warning",
-            f"QPs on {', '.join(names)} run at RoCE MTU {q.mtu_bytes or '?'} bytes (mtu {q.mtu_code}), meaning the "
-            "CX-7 netdevs are at MTU 1500; set MTU 9000 on both twins on every node (RoCE MTU 4096).", q.line))
+    if not low:
+        return None
+    q = low[0]
+    names = list(dict.fromkeys(_qp_name(x) for x in low))
+    return Finding(
+        "low-mtu", Severity.WARNING,
+        f"QPs on {', '.join(names)} run at RoCE MTU {q.mtu_bytes or '?'} bytes (mtu {q.mtu_code}), meaning the "
+        "CX-7 netdevs are at MTU 1500; set MTU 9000 on both twins on every node (RoCE MTU 4096).", q.line)
 
-    if len(r.nccl_versions) > 1:
-        out.append(Finding(
-            "nccl-version-mismatch", "error",
-            f"Ranks load different NCCL versions ({', '.join(r.nccl_versions)}); use the same NCCL build "
-            "(same container image) on every node.", None))
 
-    if r.init_time_s is not None and r.init_time_s > 30:
-        out.append(Finding(
-            "slow-init", "warning",
-            f"Communicator init took {r.init_time_s:g} s; on NCCL 2.28+ GIN setup can take minutes, "
-            "so try NCCL_GIN_ENABLE=0.", None))
+def _nccl_version_mismatch(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if len(r.nccl_versions) <= 1:
+        return None
+    return Finding(
+        "nccl-version-mismatch", Severity.ERROR,
+        f"Ranks load different NCCL versions ({', '.join(r.nccl_versions)}); use the same NCCL build "
+        "(same container image) on every node.", None)
 
-    if other_warns:
-        out.append(Finding(
-            "nccl-warn", "warning",
-            f"NCCL printed {len(other_warns)} other WARN line(s), first: \"{other_warns[0]}\"; read them before "
-            "trusting any measurement from this run.", other_warns[0]))
 
+def _slow_init(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if r.init_time_s is None or r.init_time_s <= 30:
+        return None
+    return Finding(
+        "slow-init", Severity.WARNING,
+        f"Communicator init took {r.init_time_s:g} s; on NCCL 2.28+ GIN setup can take minutes, "
+        "so try NCCL_GIN_ENABLE=0.", None)
+
+
+def _nccl_warn(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if not seen.other_warns:
+        return None
+    first = seen.other_warns[0]
+    return Finding(
+        "nccl-warn", Severity.WARNING,
+        f"NCCL printed {len(seen.other_warns)} other WARN line(s), first: \"{first}\"; read them before "
+        "trusting any measurement from this run.", first)
+
+
+def _gid_index_pinned(r: NcclLogReport, seen: _Seen) -> Finding | None:
     gid_pin = r.env.get("NCCL_IB_GID_INDEX")
-    if gid_pin is not None and gid_pin not in ("", "-1"):
-        out.append(Finding(
-            "gid-index-pinned", "info",
-            f"NCCL_IB_GID_INDEX is pinned to {gid_pin}; GID indexes can drift after link events and differ per HCA, "
-            "so prefer leaving it unset (NCCL then picks the IPv4 RoCE v2 GID).", ev.get("env:NCCL_IB_GID_INDEX")))
+    if gid_pin is None or gid_pin in ("", "-1"):
+        return None
+    return Finding(
+        "gid-index-pinned", Severity.INFO,
+        f"NCCL_IB_GID_INDEX is pinned to {gid_pin}; GID indexes can drift after link events and differ per HCA, "
+        "so prefer leaving it unset (NCCL then picks the IPv4 RoCE v2 GID).", seen.ev.get("env:NCCL_IB_GID_INDEX"))
 
-    if r.gdr is False and r.transport == "ib":
-        out.append(Finding(
-            "gdr-expected-off", "info",
-            f"GPUDirect RDMA is off (\"{ev.get('gdr')}\"); that is expected on DGX Spark/GB10 (unified memory), "
-            "so leave NCCL_NET_GDR_LEVEL alone there; on discrete-GPU servers check nvidia-peermem/dma-buf.",
-            ev.get("gdr")))
 
+def _gdr_expected_off(r: NcclLogReport, seen: _Seen) -> Finding | None:
+    if r.gdr is not False or r.transport != "ib":
+        return None
+    return Finding(
+        "gdr-expected-off", Severity.INFO,
+        f"GPUDirect RDMA is off (\"{seen.ev.get('gdr')}\"); that is expected on DGX Spark/GB10 (unified memory), "
+        "so leave NCCL_NET_GDR_LEVEL alone there; on discrete-GPU servers check nvidia-peermem/dma-buf.",
+        seen.ev.get("gdr"))
+
+
+def _no_inter_node_evidence(r: NcclLogReport, seen: _Seen) -> Finding | None:
     if r.transport in _INTRA_RANK:
-        out.append(Finding(
-            "intra-node-only", "info",
+        return Finding(
+            "intra-node-only", Severity.INFO,
             f"Only intra-node paths ({r.transport}) appear, so this log says nothing about the inter-node fabric; "
-            "capture a multi-node run to judge the network.", None))
-    elif r.transport == "unknown":
-        out.append(Finding(
-            "no-transport-evidence", "info",
+            "capture a multi-node run to judge the network.", None)
+    if r.transport == "unknown":
+        return Finding(
+            "no-transport-evidence", Severity.INFO,
             "The log shows no network selection or channel lines; rerun with NCCL_DEBUG=INFO "
-            "NCCL_DEBUG_SUBSYS=INIT,NET and keep the lines from every rank.", None))
+            "NCCL_DEBUG_SUBSYS=INIT,NET and keep the lines from every rank.", None)
+    return None
 
-    out.sort(key=lambda f: _LEVEL_ORDER[f.level])  # stable: rule order within a level
-    return out
+
+# In this order within a severity (the report lists the most severe first).
+_RULES: tuple[Callable[[NcclLogReport, _Seen], Finding | None], ...] = (
+    _socket_fallback, _net_plugin_fallback, _ib_error, _link_local_gid, _single_hca, _mtu_mismatch, _low_mtu,
+    _nccl_version_mismatch, _slow_init, _nccl_warn, _gid_index_pinned, _gdr_expected_off, _no_inter_node_evidence,
+)
 
 
 def _ib_error_fix(line: str) -> str:

@@ -7,7 +7,7 @@ check.py, probe.py) and hand it to `write_report`; a new command (e.g. a sweep)
 only needs its own builder.
 """
 
-from sparkctl.report.model import Finding, Image, Report, Section, Table, Text, Verdict
+from sparkctl.report.model import FindingRow, Image, Report, Section, Table, Text, Verdict
 from sparkctl.report.write import report_format, write_report
 
-__all__ = ["Finding", "Image", "Report", "Section", "Table", "Text", "Verdict", "report_format", "write_report"]
+__all__ = ["FindingRow", "Image", "Report", "Section", "Table", "Text", "Verdict", "report_format", "write_report"]

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sparkctl.checks import CheckReport, Status
-from sparkctl.report.model import Finding, Report, Section, Table, Verdict
-
-TONE = {Status.PASS: "ok", Status.WARN: "warn", Status.FAIL: "fail"}
+from sparkctl.checks import CheckReport
+from sparkctl.findings import Severity, check_status, most_severe_first
+from sparkctl.report.model import FindingRow, Report, Section, Table, Verdict, tone
 
 
 def check_report(report: CheckReport, *, command: str, created: str, unreachable: tuple[str, ...] = ()) -> Report:
     counts = report.counts()
-    headline = (f"{report.worst.value}: {counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL"
+    headline = (f"{check_status(report.worst)}: {counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL"
                 f" on {len(report.facts)} node(s)")
-    problems = tuple(f"{f.node or '(cluster)'}: {f.check}: {f.evidence}" for f in report.findings
-                     if f.status == Status.FAIL)
+    problems = tuple(f"{f.node or '(cluster)'}: {f.code}: {f.evidence}" for f in report.findings
+                     if f.severity is Severity.ERROR)
     problems += tuple(f"{name}: could not be reached over SSH" for name in unreachable)
-    verdict = Verdict(TONE[report.worst] if not unreachable else "fail", headline, problems)
-    ordered = sorted(report.findings, key=lambda f: -f.status.rank)
-    findings = tuple(Finding(TONE[f.status], f.status.value, f.node or "(cluster)", f.check, f.evidence, f.hint)
-                     for f in ordered)
+    verdict = Verdict(tone(report.worst) if not unreachable else "fail", headline, problems)
+    findings = tuple(FindingRow.of(f, check_status(f.severity)) for f in most_severe_first(report.findings))
     sections = [Section("Findings", (findings,)), Section("Nodes", (_nodes_table(report.facts),))]
     if report.plan.hosts:
         sections.append(Section("Network plan (the environment vLLM starts with, per host)", (_plan_table(report),)))

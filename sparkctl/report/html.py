@@ -8,7 +8,7 @@ from html import escape
 from importlib import resources
 
 from sparkctl import __version__
-from sparkctl.report.model import Finding, Image, Report, Section, Table, Text, Verdict
+from sparkctl.report.model import FindingRow, Image, Report, Section, Table, Text, Verdict
 
 
 def _style() -> str:
@@ -76,7 +76,7 @@ def _table(table: Table) -> str:
     return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _findings(findings: tuple[Finding, ...]) -> str:
+def _findings(findings: tuple[FindingRow, ...]) -> str:
     rows = []
     for f in findings:
         hint = f'<div class="hint">hint: {escape(f.hint)}</div>' if f.hint else ""

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from sparkctl import __version__
-from sparkctl.report.model import Finding, Image, Report, Table, Text
+from sparkctl.report.model import FindingRow, Image, Report, Table, Text
 
 
 def _cell(text: str) -> str:
@@ -45,6 +45,6 @@ def render_markdown(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
-def _findings(findings: tuple[Finding, ...]) -> list[str]:
+def _findings(findings: tuple[FindingRow, ...]) -> list[str]:
     rows = tuple((f.label, f.subject, f.check, f.evidence + (f" (hint: {f.hint})" if f.hint else "")) for f in findings)
     return _table(("status", "node", "check", "evidence"), rows)

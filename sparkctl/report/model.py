@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sparkctl.findings import Finding, Severity
+
 # how a verdict or a finding reads: "ok" (green), "warn" (amber), "fail" (red), "info" (grey)
 TONES = ("ok", "warn", "fail", "info")
+_TONE = {Severity.OK: "ok", Severity.INFO: "info", Severity.WARNING: "warn", Severity.ERROR: "fail"}
+
+
+def tone(severity: Severity) -> str:
+    return _TONE[severity]
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,10 @@ class Image:
 
 
 @dataclass(frozen=True)
-class Finding:
+class FindingRow:
+    """A finding as a report's table shows it: a view of `sparkctl.findings.Finding`
+    with the word its command's output uses for the severity (`of` builds it)."""
+
     tone: str
     label: str  # "PASS", "degraded", ...
     subject: str  # node or "(cluster)"
@@ -39,13 +49,19 @@ class Finding:
     evidence: str
     hint: str | None = None
 
+    @classmethod
+    def of(cls, finding: Finding, label: str) -> FindingRow:
+        # a finding without evidence (a verdict check) shows its message in that column
+        text = finding.evidence if finding.evidence is not None else finding.message
+        return cls(tone(finding.severity), label, finding.node or "(cluster)", finding.code, text, finding.hint)
+
 
 @dataclass(frozen=True)
 class Text:
     lines: tuple[str, ...]
 
 
-Block = Table | Image | Text | tuple[Finding, ...]
+Block = Table | Image | Text | tuple[FindingRow, ...]
 
 
 @dataclass(frozen=True)

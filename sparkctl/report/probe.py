@@ -3,19 +3,18 @@ the sweep per mode, the plot, and what the latency costs vLLM per token."""
 
 from __future__ import annotations
 
+from sparkctl.findings import probe_status
 from sparkctl.probes.allreduce import ProbeReport, describe_transport
 from sparkctl.probes.nccl_tests import human_bytes
-from sparkctl.report.model import Finding, Image, Report, Section, Table, Verdict
+from sparkctl.report.model import FindingRow, Image, Report, Section, Table, Verdict
 from sparkctl.report.plots import png_of
 
 TONE = {"ok": "ok", "degraded": "fail", "inconclusive": "info"}
-CHECK_TONE = {"ok": "ok", "degraded": "fail", "warning": "warn", "not-judged": "info"}
 
 
 def probe_report(report: ProbeReport, *, command: str, created: str, cluster: str) -> Report:
     verdict = Verdict(TONE.get(report.verdict, "info"), f"verdict: {report.verdict}", tuple(report.verdict_reasons))
-    checks = tuple(Finding(CHECK_TONE.get(c.status, "info"), c.status, "(cluster)", c.name, c.reason)
-                   for c in report.checks)
+    checks = tuple(FindingRow.of(c, probe_status(c.severity)) for c in report.checks)
     sections = [Section("What was judged", (checks,)),
                 Section("Transport NCCL chose, per node",
                         (Table(("node", "transport"), tuple((n, describe_transport(t))

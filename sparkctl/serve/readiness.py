@@ -73,7 +73,7 @@ class NotReady(OperationFailed):
             if findings and hint is None:
                 hint = findings[0].hint
             for finding in findings[:3]:
-                details.append(f"{watch.node} log: {finding.message}: {finding.line}")
+                details.append(f"{watch.node} log: {finding.message}: {finding.evidence}")
             details.append(f"last lines of {watch.node}'s log ({watch.path}):")
             details.extend("  " + line[:300] for line in list(watch.tail)[-20:])
         super().__init__(message, hint=hint, details=details)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
+from ..findings import Finding, Severity
 from ..logtext import clip, count, finite_float, strip_process_tags
 
 # (stage name, pattern). A log has reached a stage when the pattern occurs;
@@ -35,15 +37,7 @@ _SERVER_ON = re.compile(r"Starting vLLM server on (\S+)")
 _GRAPH = re.compile(r"Graph capturing finished in ([\d.]+) secs")
 
 
-@dataclass(frozen=True)
-class Finding:
-    code: str
-    message: str
-    hint: str
-    line: str
-
-
-# (code, pattern, message, hint). Ordered from most to least specific. "X.*Y" is written
+# (code, pattern, message, hint): each an ERROR, the line that matched its evidence. Ordered from most to least specific. "X.*Y" is written
 # `^(?>.*?X).*Y` (only the first X is tried): searched as is, every X would rescan the line.
 ERROR_RULES: list[tuple[str, re.Pattern[str], str, str]] = [
     ("port-in-use", re.compile(r"Address already in use|EADDRINUSE"),
@@ -131,9 +125,15 @@ class LogReport:
             "graph_capture_s": self.graph_capture_s,
             "vllm_version": self.vllm_version,
             "server_url": self.server_url,
-            "findings": [f.__dict__ for f in self.findings],
+            "findings": [finding_dict(f) for f in self.findings],
             "last_exception": self.last_exception,
         }
+
+
+def finding_dict(f: Finding) -> dict[str, Any]:
+    """A vLLM log finding in `doctor vllm-log --json`: every one is an error, so no level; the
+    evidence is the log line."""
+    return {"code": f.code, "message": f.message, "hint": f.hint, "line": f.evidence}
 
 
 class LogReader:
@@ -193,7 +193,7 @@ class LogReader:
         for code, pattern, message, hint in ERROR_RULES:
             if code not in self._seen_codes and pattern.search(line):
                 self._seen_codes.add(code)
-                report.findings.append(Finding(code, message, hint, line.strip()[:300]))
+                report.findings.append(Finding(code, Severity.ERROR, message, evidence=line.strip()[:300], hint=hint))
         stripped = strip_process_tags(line.strip())
         match = _TRACEBACK_LAST.match(stripped)
         if match and match.group(1) not in {"FutureWarning", "UserWarning", "DeprecationWarning"}:
