@@ -15,12 +15,14 @@ process names, so only what sparkctl started is ever signalled.
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import stat as stat_module
 import subprocess
 import sys
+import threading
 import time
 
 from sparkctl.agent import protocol
@@ -462,11 +464,16 @@ def op_exec(req):
     # rolling tails while reading: endless output costs the node about the cap, not all of it
     out, err = OutputTail(), OutputTail()
     deadline = time.monotonic() + (req.command_timeout_s if req.command_timeout_s else 10 ** 9)
+    ended = threading.Event()
+    threading.Thread(target=_stop_when_orphaned, args=(proc, ended), daemon=True).start()
     with proc:
-        timed_out = not pump(proc, b"", out, err, deadline)
-        if timed_out:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        try:
+            timed_out = not pump(proc, b"", out, err, deadline)
+            if timed_out:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        finally:
+            ended.set()
     return protocol.ExecReply(
         rc=124 if timed_out else proc.returncode, stdout=out.value().decode("utf-8", "replace"),
         stderr=err.value().decode("utf-8", "replace"), duration_s=round(time.time() - started, 3), timed_out=timed_out,
@@ -555,6 +562,21 @@ OPS = {
     "host_scan": lambda req: _node_ray().op_host_scan(req),
     "ray_group_stop": lambda req: _node_ray().op_ray_group_stop(req),
 }
+
+
+def _stop_when_orphaned(proc, ended):
+    """Kill the command's group once nobody can receive its result: the pipe (or
+    socket) our reply goes to hung up because the controller's SSH connection died.
+    Otherwise the command would run on to its end, unrecorded (exec has no record)."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)  # POLLHUP and POLLERR are always reported
+    while not ended.is_set():
+        if any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(500)):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            return
 
 
 def _node_ray():

@@ -1,0 +1,95 @@
+"""#13's fault matrix on the virtual cluster, over real SSH: Ctrl-C and SIGTERM
+during `nccl-probe` and `run`, a node lost during `up`, and the controller's
+SSH connection dropping mid-command. In each, the command says what happened
+(naming the node, its documented exit code, no traceback) and nothing it
+started is left running on any node."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparkctl.agent import node_agent
+from tests.conftest import REPO, sparkctl
+from tests.test_probe_cluster import PYTHON, leftovers
+from tests.test_run_offline import demo_playbook
+
+pytestmark = [pytest.mark.root]
+
+
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell (CI) starts with SIGINT ignored,
+    # and Python then never raises KeyboardInterrupt; a terminal's Ctrl-C is SIG_DFL.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_sparkctl(*args: str) -> subprocess.Popen:
+    """The real CLI in the background, as a user's terminal would run it."""
+    return subprocess.Popen([sys.executable, "-m", "sparkctl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO, preexec_fn=_default_sigint)
+
+
+def wait_for(what: str, found, timeout_s: float, proc: subprocess.Popen | None = None):
+    """Poll found() until it returns something truthy; fail naming what never came
+    (with the command's output when it ended first)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"{what}: the command ended first (exit {proc.returncode}):\n{out}\n{err}")
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not seen within {timeout_s:.0f}s")
+
+
+def finish(proc: subprocess.Popen, timeout_s: float = 120) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def assert_clean_error(err: str) -> None:
+    assert "Traceback" not in err and "internal error" not in err, err
+
+
+def running(cluster, role: str) -> list[dict]:
+    """The role's processes of this cluster on every node, by sparkctl's own tag check."""
+    return [p for node in cluster.nodes for p in node_agent.tagged_processes(f"{cluster.name}/{node.name}/{role}/")]
+
+
+# --------------------------------------------------------------------------- the connection drops
+
+
+@pytest.mark.timeout(120)
+def test_dropped_connection_during_exec_is_reported_and_leaves_nothing(make_vcluster, tmp_path):
+    cluster = make_vcluster(2)
+    inv = str(cluster.write_inventory(tmp_path / "inv.yaml"))
+    proc = start_sparkctl("exec", "-i", inv, "--", "sleep", "30")
+    for node in cluster.nodes:
+        wait_for(f"sleep 30 on {node.name}",
+                 lambda: any("sleep 30" in c for c in cluster.processes_besides_sshd(node, settle_s=0)), 30, proc)
+    started = time.monotonic()
+    for node in cluster.nodes:
+        assert cluster.drop_ssh_connections(node)
+    out, err = finish(proc, 60)
+    assert time.monotonic() - started < 10  # reported at once, not when the command would have ended
+    assert proc.returncode == 3, err
+    for node in cluster.nodes:
+        assert f"{node.name}: unreachable: {node.name}: ssh root@{node.mgmt_ip}:22: the connection was lost while a command ran" in out, out
+    assert_clean_error(err)
+    # the commands did not outlive their controller's connection (sleep 30 would still run)
+    for node in cluster.nodes:
+        assert cluster.processes_besides_sshd(node, settle_s=5) == [], node.name
+    assert time.monotonic() - started < 20
