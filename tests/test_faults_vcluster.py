@@ -93,3 +93,33 @@ def test_dropped_connection_during_exec_is_reported_and_leaves_nothing(make_vclu
     for node in cluster.nodes:
         assert cluster.processes_besides_sshd(node, settle_s=5) == [], node.name
     assert time.monotonic() - started < 20
+
+
+# --------------------------------------------------------------------------- Ctrl-C and SIGTERM
+
+SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+
+
+@pytest.mark.vllm  # torch lives in the vLLM venv
+@pytest.mark.timeout(180)
+@SIGNALS
+def test_interrupt_during_nccl_probe_stops_every_rank(make_vcluster, tmp_path, sig):
+    cluster = make_vcluster(2)
+    inv = str(cluster.write_inventory(tmp_path / "inv.yaml"))
+    # a sweep far longer than the test: only the signal ends it
+    proc = start_sparkctl("nccl-probe", "-i", inv, "--python", PYTHON, "--sizes", "8,1M", "--modes", "eager",
+                          "--time-budget", "60", "--min-iters", "10", "--max-iters", "100000000")
+
+    def ranks_sweeping() -> bool:
+        ranks = [p for p in running(cluster, "probe")
+                 if "allreduce_worker.py" in p["cmdline"] and "torch.distributed.run" not in p["cmdline"]]
+        return len({p["tag"].split("/")[1] for p in ranks}) == 2 and min(p["age_s"] for p in ranks) >= 2
+
+    wait_for("a probe rank on each node", ranks_sweeping, 90, proc)
+    proc.send_signal(sig)
+    out, err = finish(proc)
+    assert proc.returncode == 130, err
+    assert "interrupted; the probe has been stopped on every node" in err
+    assert_clean_error(err)
+    assert running(cluster, "") == []
+    assert leftovers(cluster) == {}
