@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from sparkctl.agent import node_agent
+from sparkctl.inventory import load_inventory
+from sparkctl.lifecycle.spec import log_path
 from tests.conftest import REPO, sparkctl
 from tests.test_probe_cluster import PYTHON, leftovers
 from tests.test_run_offline import demo_playbook
@@ -120,6 +122,28 @@ def test_interrupt_during_nccl_probe_stops_every_rank(make_vcluster, tmp_path, s
     out, err = finish(proc)
     assert proc.returncode == 130, err
     assert "interrupted; the probe has been stopped on every node" in err
+    assert_clean_error(err)
+    assert running(cluster, "") == []
+    assert leftovers(cluster) == {}
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(400)
+def test_ctrl_c_during_run_stops_every_rank(make_vcluster, tmp_path):
+    cluster = make_vcluster(2)
+    inv = cluster.write_inventory(tmp_path / "inv.yaml")
+    worker_log = Path(log_path(load_inventory(str(inv)).node("node1"), cluster.name, "job")).expanduser()
+    # far more batches than the test waits for: only the signal ends the job
+    proc = start_sparkctl("run", "-i", str(inv), "-p", demo_playbook(tmp_path), "throughput", "--batch-sizes", "1",
+                          "--repeats", "1000", "--max-tokens", "64")
+    # interrupt once vLLM runs inside the group (its workers renamed, the model loaded)
+    wait_for("the worker rank's LLM ready", lambda: worker_log.exists() and "LLM ready" in worker_log.read_text(),
+             300, proc)
+    assert {p["tag"].split("/")[1] for p in running(cluster, "job")} == {"node0", "node1"}
+    proc.send_signal(signal.SIGINT)
+    out, err = finish(proc)
+    assert proc.returncode == 130, err
+    assert "interrupted; the job has been stopped on every node" in err
     assert_clean_error(err)
     assert running(cluster, "") == []
     assert leftovers(cluster) == {}
