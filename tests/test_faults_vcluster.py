@@ -147,3 +147,42 @@ def test_ctrl_c_during_run_stops_every_rank(make_vcluster, tmp_path):
     assert_clean_error(err)
     assert running(cluster, "") == []
     assert leftovers(cluster) == {}
+
+
+# --------------------------------------------------------------------------- a node lost during up
+
+
+def short_stop_playbook(tmp_path: Path) -> str:
+    """The demo playbook (absolute paths, one thread per rank) with a short stop grace."""
+    path = Path(demo_playbook(tmp_path))
+    data = yaml.safe_load(path.read_text())
+    data["stop_grace_s"] = 5
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(400)
+def test_node_lost_during_up_is_reported_and_down_cleans_the_rest(make_vcluster, tmp_path):
+    cluster = make_vcluster(2)
+    head, worker = cluster.nodes
+    # short SSH timeouts: the lost node is given up on in seconds, not half a minute
+    inv = str(cluster.write_inventory(tmp_path / "inv.yaml", ssh={"connect_timeout_s": 3, "retry_deadline_s": 3}))
+    proc = start_sparkctl("up", "-i", inv, "-p", short_stop_playbook(tmp_path))
+    try:
+        wait_for("the head's vLLM", lambda: [p for p in running(cluster, "vllm")
+                                             if p["tag"].startswith(f"{cluster.name}/node0/") and p["age_s"] >= 2],
+                 120, proc)
+        cluster.set_mgmt_link(worker, False)
+        out, err = finish(proc, 180)
+        assert proc.returncode in (1, 3), err
+        assert "node1: lost contact while vLLM was starting" in err
+        assert "not stopped (the node did not answer): node1" in err and f"sparkctl down -i {inv}" in err
+        assert_clean_error(err)
+        assert cluster.processes_besides_sshd(head) == []  # what up started on the node it still reaches is stopped
+    finally:
+        cluster.set_mgmt_link(worker, True)
+    down = sparkctl("down", "-i", inv)
+    assert down.returncode == 0, down.stderr
+    assert running(cluster, "") == []
+    assert leftovers(cluster) == {}
