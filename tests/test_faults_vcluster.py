@@ -71,6 +71,11 @@ def running(cluster, role: str) -> list[dict]:
     return [p for node in cluster.nodes for p in node_agent.tagged_processes(f"{cluster.name}/{node.name}/{role}/")]
 
 
+def cpu_shm() -> list[str]:
+    """vLLM's CPU tensor-parallel buffers in /dev/shm (the nodes share this host's)."""
+    return sorted(p.name for p in Path("/dev/shm").glob("*cpushm*"))
+
+
 # --------------------------------------------------------------------------- the connection drops
 
 
@@ -130,6 +135,7 @@ def test_interrupt_during_nccl_probe_stops_every_rank(make_vcluster, tmp_path, s
 @pytest.mark.vllm
 @pytest.mark.timeout(400)
 def test_ctrl_c_during_run_stops_every_rank(make_vcluster, tmp_path):
+    assert cpu_shm() == [], "vLLM CPU buffers of an earlier run are left: this run could not start"
     cluster = make_vcluster(2)
     inv = cluster.write_inventory(tmp_path / "inv.yaml")
     worker_log = Path(log_path(load_inventory(str(inv)).node("node1"), cluster.name, "job")).expanduser()
@@ -147,6 +153,7 @@ def test_ctrl_c_during_run_stops_every_rank(make_vcluster, tmp_path):
     assert_clean_error(err)
     assert running(cluster, "") == []
     assert leftovers(cluster) == {}
+    assert cpu_shm() == []  # the killed workers' buffers would make the next run fail (errno 17)
 
 
 # --------------------------------------------------------------------------- a node lost during up

@@ -46,6 +46,7 @@ from sparkctl.agent.node_proc import (
 
 RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
 MAX_TAIL = 256 * 1024
+SHM_DIR = "/dev/shm/"
 
 
 def our_sessions(prefix, record_dir):
@@ -399,9 +400,12 @@ def op_stop(req):
     procs = ours()
     stopped = tuple(protocol.StoppedProcess(pid=p["pid"], cmdline=p["cmdline"][:200], why=p["why"]) for p in procs)
     killed = []
+    shared = _shm_mapped(p["pid"] for p in procs)
     if procs:
         killed = _terminate(ours, procs, req.grace_s)
     remaining = ours()
+    if not remaining:
+        _remove_orphaned_shm(shared)
     removed = [] if remaining or not req.record_dir else _remove_records(req.record_dir, prefix)
     return protocol.StopReply(
         clean=not remaining,
@@ -412,6 +416,39 @@ def op_stop(req):
         records_removed=tuple(removed),
         elapsed_s=round(time.time() - started, 2),
     )
+
+
+def _shm_mapped(pids):
+    """The /dev/shm files the processes map (vLLM's CPU tensor-parallel buffers,
+    multiprocessing's semaphores)."""
+    found = set()
+    for pid in pids:
+        try:
+            with open("/proc/%d/maps" % pid) as handle:
+                for line in handle:
+                    fields = line.rstrip("\n").split(None, 5)
+                    if len(fields) == 6 and fields[5].startswith(SHM_DIR) and not fields[5].endswith(" (deleted)"):
+                        found.add(fields[5])
+        except OSError:
+            continue
+    return found
+
+
+def _remove_orphaned_shm(paths):
+    """Unlink the stopped processes' /dev/shm files that nothing maps any more. A
+    process killed before its own clean-up leaves them, and vLLM's CPU workers
+    name theirs by rank alone: the next tensor-parallel start on the node then
+    fails with "create shm in SHMManager failed. errno: 17"."""
+    if not paths:
+        return
+    orphaned = set(paths) - _shm_mapped(all_pids())
+    for path in orphaned:
+        try:
+            info = os.lstat(path)
+            if stat_module.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _terminate(ours, procs, grace_s):
