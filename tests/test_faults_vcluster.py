@@ -6,7 +6,6 @@ started is left running on any node."""
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -86,7 +85,7 @@ def test_dropped_connection_during_exec_is_reported_and_leaves_nothing(make_vclu
     proc = start_sparkctl("exec", "-i", inv, "--", "sleep", "30")
     for node in cluster.nodes:
         wait_for(f"sleep 30 on {node.name}",
-                 lambda: any("sleep 30" in c for c in cluster.processes_besides_sshd(node, settle_s=0)), 30, proc)
+                 lambda node=node: any("sleep 30" in c for c in cluster.processes_besides_sshd(node, settle_s=0)), 30, proc)
     started = time.monotonic()
     for node in cluster.nodes:
         assert cluster.drop_ssh_connections(node)
