@@ -192,3 +192,33 @@ def test_node_lost_during_up_is_reported_and_down_cleans_the_rest(make_vcluster,
     assert down.returncode == 0, down.stderr
     assert running(cluster, "") == []
     assert leftovers(cluster) == {}
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(300)
+def test_dropped_connection_during_up_is_reported_and_leaves_nothing(make_vcluster, tmp_path):
+    cluster = make_vcluster(2)
+    head, worker = cluster.nodes
+    inv = str(cluster.write_inventory(tmp_path / "inv.yaml"))
+    proc = start_sparkctl("up", "-i", inv, "-p", short_stop_playbook(tmp_path))
+
+    def agent_call_on_worker() -> bool:
+        """An agent call (the launch or a readiness poll) runs on the worker: its connection breaks mid-command."""
+        return any("import sys,json,types" in c for c in cluster.processes_besides_sshd(worker, settle_s=0))
+
+    try:
+        wait_for("the worker's vLLM", lambda: [p for p in running(cluster, "vllm")
+                                               if p["tag"].startswith(f"{cluster.name}/node1/")], 120, proc)
+        wait_for("an agent call on the worker", agent_call_on_worker, 60, proc)
+        assert cluster.drop_ssh_connections(worker)
+        out, err = finish(proc, 120)
+        assert proc.returncode == 1, err
+        # the call that broke was the launch (the process was already spawned and recorded)
+        # or a readiness poll: either way the node and the lost connection are named
+        assert "node1: ssh root@" in err and "the connection was lost while a command ran" in err
+        assert_clean_error(err)
+        # the node answers again (a new connection): up stopped what it started there too
+        assert running(cluster, "") == []
+        assert leftovers(cluster) == {}
+    finally:
+        sparkctl("down", "-i", inv, "-q")
