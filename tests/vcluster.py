@@ -851,6 +851,32 @@ Subsystem sftp internal-sftp
         self._spawn_sshd(node)
         self._wait_sshd_ready([node])
 
+    def drop_ssh_connections(self, node: VNode | str | int) -> list[int]:
+        """SIGKILL the sshd processes serving the node's open connections (its
+        listener keeps accepting new ones): every client's connection breaks at
+        once, as when a controller's session dies. Returns the pids killed."""
+        n = self.node(node)
+        killed = []
+        for pid in self.pids(n):
+            if pid == n.sshd_pid:
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmdline.startswith(b"sshd:"):  # the per-connection monitor and its session child
+                _signal(pid, signal.SIGKILL)
+                killed.append(pid)
+        return killed
+
+    def set_mgmt_link(self, node: VNode | str | int, up: bool) -> None:
+        """Node-side management link (the one SSH uses) up/down; ``up`` waits for
+        operstate UP. Down: packets are dropped silently, connections hang."""
+        n = self.node(node)
+        _run([IP, "-n", n.netns, "link", "set", "dev", "mgmt0", "up" if up else "down"])
+        if up:
+            self._wait_links_up([n])
+
     def set_node_env(self, node: VNode | str | int, env: dict[str, str]) -> None:
         """Environment every SSH login on the node gets (sshd SetEnv): the way a
         variable such as SPARKCTL_SYSFS_ROOT is "set on that node". Restarts sshd."""

@@ -15,12 +15,14 @@ process names, so only what sparkctl started is ever signalled.
 import errno
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import stat as stat_module
 import subprocess
 import sys
+import threading
 import time
 
 from sparkctl.agent import protocol
@@ -44,6 +46,7 @@ from sparkctl.agent.node_proc import (
 
 RESULT_MARKER = "SPARKCTL-AGENT-RESULT "
 MAX_TAIL = 256 * 1024
+SHM_DIR = "/dev/shm/"
 
 
 def our_sessions(prefix, record_dir):
@@ -397,9 +400,12 @@ def op_stop(req):
     procs = ours()
     stopped = tuple(protocol.StoppedProcess(pid=p["pid"], cmdline=p["cmdline"][:200], why=p["why"]) for p in procs)
     killed = []
+    shared = _shm_mapped(p["pid"] for p in procs)
     if procs:
         killed = _terminate(ours, procs, req.grace_s)
     remaining = ours()
+    if not remaining:
+        _remove_orphaned_shm(shared)
     removed = [] if remaining or not req.record_dir else _remove_records(req.record_dir, prefix)
     return protocol.StopReply(
         clean=not remaining,
@@ -410,6 +416,39 @@ def op_stop(req):
         records_removed=tuple(removed),
         elapsed_s=round(time.time() - started, 2),
     )
+
+
+def _shm_mapped(pids):
+    """The /dev/shm files the processes map (vLLM's CPU tensor-parallel buffers,
+    multiprocessing's semaphores)."""
+    found = set()
+    for pid in pids:
+        try:
+            with open("/proc/%d/maps" % pid) as handle:
+                for line in handle:
+                    fields = line.rstrip("\n").split(None, 5)
+                    if len(fields) == 6 and fields[5].startswith(SHM_DIR) and not fields[5].endswith(" (deleted)"):
+                        found.add(fields[5])
+        except OSError:
+            continue
+    return found
+
+
+def _remove_orphaned_shm(paths):
+    """Unlink the stopped processes' /dev/shm files that nothing maps any more. A
+    process killed before its own clean-up leaves them, and vLLM's CPU workers
+    name theirs by rank alone: the next tensor-parallel start on the node then
+    fails with "create shm in SHMManager failed. errno: 17"."""
+    if not paths:
+        return
+    orphaned = set(paths) - _shm_mapped(all_pids())
+    for path in orphaned:
+        try:
+            info = os.lstat(path)
+            if stat_module.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _terminate(ours, procs, grace_s):
@@ -462,11 +501,16 @@ def op_exec(req):
     # rolling tails while reading: endless output costs the node about the cap, not all of it
     out, err = OutputTail(), OutputTail()
     deadline = time.monotonic() + (req.command_timeout_s if req.command_timeout_s else 10 ** 9)
+    ended = threading.Event()
+    threading.Thread(target=_stop_when_orphaned, args=(proc, ended), daemon=True).start()
     with proc:
-        timed_out = not pump(proc, b"", out, err, deadline)
-        if timed_out:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        try:
+            timed_out = not pump(proc, b"", out, err, deadline)
+            if timed_out:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        finally:
+            ended.set()
     return protocol.ExecReply(
         rc=124 if timed_out else proc.returncode, stdout=out.value().decode("utf-8", "replace"),
         stderr=err.value().decode("utf-8", "replace"), duration_s=round(time.time() - started, 3), timed_out=timed_out,
@@ -555,6 +599,21 @@ OPS = {
     "host_scan": lambda req: _node_ray().op_host_scan(req),
     "ray_group_stop": lambda req: _node_ray().op_ray_group_stop(req),
 }
+
+
+def _stop_when_orphaned(proc, ended):
+    """Kill the command's group once nobody can receive its result: the pipe (or
+    socket) our reply goes to hung up because the controller's SSH connection died.
+    Otherwise the command would run on to its end, unrecorded (exec has no record)."""
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)  # POLLHUP and POLLERR are always reported
+    while not ended.is_set():
+        if any(events & (select.POLLHUP | select.POLLERR) for _, events in poller.poll(500)):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            return
 
 
 def _node_ray():

@@ -181,9 +181,15 @@ class _UpRun:
             self.reporter.event(None, "interrupted: stopping what this run started")
             self._stop()
             raise Interrupted("interrupted; every process this run started has been stopped") from None
-        except Exception:  # noqa: BLE001 - sparkctl's errors and its bugs alike: nothing is left running
+        except Exception as exc:  # noqa: BLE001 - sparkctl's errors and its bugs alike: nothing is left running
             self.reporter.event(None, "start-up failed: stopping what this run started")
-            self._stop()
+            unstopped = self._stop()
+            if unstopped and isinstance(exc, SparkctlError):
+                # a lost node keeps what was started there: say so, and what cleans it up
+                exc.details.append(f"not stopped (the node did not answer): {', '.join(unstopped)}")
+                cleanup = (f"once {', '.join(unstopped)} answer{'s' if len(unstopped) == 1 else ''} again, "
+                           f"`sparkctl down -i {self.inventory.path}` stops what is left")
+                exc.hint = f"{exc.hint}; {cleanup}" if exc.hint else cleanup
             raise
 
     def finish(self, ready: Readiness, timings: Timings) -> UpResult:
@@ -199,9 +205,11 @@ class _UpRun:
         self._save(result)
         return result
 
-    def _stop(self) -> None:
-        self.backend.stop(self.nodes, self.reporter, grace_s=self.playbook.stop_grace_s, ports={})
+    def _stop(self) -> list[str]:
+        """Stop what this run started; the nodes where that could not be done."""
+        results = self.backend.stop(self.nodes, self.reporter, grace_s=self.playbook.stop_grace_s, ports={})
         self.store.clear()
+        return [name for name, result in results.items() if not result.clean]
 
     def _result(self, outcome: str, processes: dict[str, ProcessRecord], *, kv_cache: dict[str, Any] | None = None,
                 timings: dict[str, float] | None = None) -> UpResult:

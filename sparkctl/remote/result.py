@@ -36,6 +36,7 @@ class SshFailure(enum.Enum):
     HOST_KEY_UNKNOWN = "host-key-unknown"
     HOST_KEY_REVOKED = "host-key-revoked"
     TRANSIENT = "transient"
+    CONNECTION_LOST = "connection-lost"  # the connection broke while a command ran
     OTHER = "ssh-error"
 
 

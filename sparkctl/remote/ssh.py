@@ -122,6 +122,14 @@ class SshRunner:
             if out is None or err is None:
                 raise CommandTimeout(self.node.name, argv, timeout_s)
             status = channel.recv_exit_status()
+            # No exit status and no end of output from the node: the connection broke
+            # (the transport thread closes its channels before it marks itself inactive).
+            if status == -1 and (not channel.eof_received or not transport.is_active()):
+                raise self._unavailable(SshFailure.CONNECTION_LOST, "the connection was lost while a command ran "
+                                        f"({time.monotonic() - started:.0f}s in)")
+        except (paramiko.SSHException, OSError, EOFError) as exc:  # broke while the command was being sent
+            raise self._unavailable(SshFailure.CONNECTION_LOST, "the connection was lost while a command started "
+                                    f"({_short(exc)})") from None
         finally:
             channel.close()
         return CommandResult(self.node.name, argv, status, out.value(), err.value(), time.monotonic() - started,

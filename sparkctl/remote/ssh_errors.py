@@ -115,6 +115,9 @@ def hint_for(kind: SshFailure, *, host: str, port: int, user: str, known_hosts: 
             f"the node is not in {known_hosts}: check its fingerprint and add it (ssh-keyscan -p {port} {host} >> "
             f"{known_hosts}), connect once with ssh, or set ssh.host_key_policy: accept-new"
         )
+    if kind is SshFailure.CONNECTION_LOST:
+        return ("the node may still run what the command started: `sparkctl status` shows it and `sparkctl down` "
+                f"stops it once the node answers again (ssh {target} true)")
     if kind is SshFailure.TRANSIENT:
         return "the connection kept dropping during the handshake; check sshd's MaxStartups and the network"
     return f"try: ssh {target} true"
