@@ -133,7 +133,8 @@ def test_interrupt_during_nccl_probe_stops_every_rank(make_vcluster, tmp_path, s
 
 @pytest.mark.vllm
 @pytest.mark.timeout(400)
-def test_ctrl_c_during_run_stops_every_rank(make_vcluster, tmp_path):
+@SIGNALS
+def test_interrupt_during_run_stops_every_rank(make_vcluster, tmp_path, sig):
     assert cpu_shm() == [], "vLLM CPU buffers of an earlier run are left: this run could not start"
     cluster = make_vcluster(2)
     inv = cluster.write_inventory(tmp_path / "inv.yaml")
@@ -145,7 +146,7 @@ def test_ctrl_c_during_run_stops_every_rank(make_vcluster, tmp_path):
     wait_for("the worker rank's LLM ready", lambda: worker_log.exists() and "LLM ready" in worker_log.read_text(),
              300, proc)
     assert {p["tag"].split("/")[1] for p in running(cluster, "job")} == {"node0", "node1"}
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = finish(proc)
     assert proc.returncode == 130, err
     assert "interrupted; the job has been stopped on every node" in err
