@@ -4,6 +4,7 @@ secrets kept out of argv."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -310,3 +311,17 @@ def test_probe_reads_pips_long_path_launcher_like_check_does(agent, tmp_path):
     reply = agent("probe", commands=[str(script)])
     assert reply["interpreters"][str(script)] == python
     assert node_facts.find_vllm_python({"vllm_command": [str(script)]})[0] == python
+
+
+def test_an_agent_call_without_answer_names_the_operation_not_the_interpreter(tmp_path):
+    from sparkctl.remote.result import CommandTimeout
+
+    silent = tmp_path / "python3"
+    silent.write_text("#!/bin/sh\nexec sleep 30\n")  # a node that took the command and went quiet
+    silent.chmod(0o755)
+    node = dataclasses.replace(make_node(), python=str(silent))
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout, match=r"n1: the node agent's `probe` \(no answer: the node or its link may be down\) "
+                                             r"did not finish within 1s"):
+        call(LocalRunner(node.name), node, protocol.ProbeRequest(), timeout_s=1)
+    assert time.monotonic() - started < 10

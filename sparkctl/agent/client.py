@@ -22,6 +22,7 @@ from sparkctl.agent.protocol import ProtocolError, Request
 from sparkctl.errors import OperationFailed, SparkctlError
 from sparkctl.inventory import Inventory, Node
 from sparkctl.remote.base import Runner
+from sparkctl.remote.result import CommandTimeout
 from sparkctl.remote.session import NodeSession, Outcome, fan_out
 
 R = TypeVar("R")
@@ -102,7 +103,12 @@ def request_stdin(request: Request[Any], *, cache_dir: str | None = None) -> byt
 def call(runner: Runner, node: Node, request: Request[R], *, timeout_s: float = 60.0) -> R:
     """Run one agent operation on a node and return its typed reply (raising AgentError on failure)."""
     stdin = request_stdin(request, cache_dir=f"{node.workdir.rstrip('/')}/agent-cache")
-    result = runner.run([node.python, "-c", bootstrap_program()], stdin=stdin, timeout_s=timeout_s)
+    try:
+        result = runner.run([node.python, "-c", bootstrap_program()], stdin=stdin, timeout_s=timeout_s)
+    except CommandTimeout as exc:
+        # name the operation, not the interpreter that ran it: usually the node or its link went quiet
+        raise CommandTimeout(node.name, exc.argv, exc.timeout_s,
+                             what=f"the node agent's `{request.OP}` (no answer: the node or its link may be down)") from None
     message = _parse_reply(result.text())
     if message is None:
         raise AgentError(node.name, _no_reply_message(node, result.returncode, result.error_text()),

@@ -50,6 +50,8 @@ class NodeUnavailable(ConnectionFailed):
 
 
 class CommandTimeout(DeadlineExceeded):
-    def __init__(self, node: str, argv: tuple[str, ...], timeout_s: float):
-        super().__init__(f"{node}: command did not finish within {timeout_s:.0f}s: {argv[0]}")
+    def __init__(self, node: str, argv: tuple[str, ...], timeout_s: float, *, what: str | None = None):
+        super().__init__(f"{node}: {what or argv[0]} did not finish within {timeout_s:.0f}s")
         self.node = node
+        self.argv = argv
+        self.timeout_s = timeout_s
