@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from sparkctl.agent import node_agent
+from sparkctl.agent.client import bootstrap_program
 from sparkctl.inventory import load_inventory
 from sparkctl.lifecycle.spec import log_path
 from tests.conftest import REPO, sparkctl
@@ -195,6 +196,10 @@ def test_node_lost_during_up_is_reported_and_down_cleans_the_rest(make_vcluster,
     assert leftovers(cluster) == {}
 
 
+# a line of the program every agent call runs (`python3 -c ...`): how its process is told from vLLM's
+BOOTSTRAP_LINE = next(line for line in bootstrap_program().splitlines() if line.startswith("def install("))
+
+
 @pytest.mark.vllm
 @pytest.mark.timeout(300)
 def test_dropped_connection_during_up_is_reported_and_leaves_nothing(make_vcluster, tmp_path):
@@ -205,7 +210,7 @@ def test_dropped_connection_during_up_is_reported_and_leaves_nothing(make_vclust
 
     def agent_call_on_worker() -> bool:
         """An agent call (the launch or a readiness poll) runs on the worker: its connection breaks mid-command."""
-        return any("import sys,json,types" in c for c in cluster.processes_besides_sshd(worker, settle_s=0))
+        return any(BOOTSTRAP_LINE in c for c in cluster.processes_besides_sshd(worker, settle_s=0))
 
     try:
         wait_for("the worker's vLLM", lambda: [p for p in running(cluster, "vllm")
