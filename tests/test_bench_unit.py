@@ -311,3 +311,28 @@ def test_not_prometheus_text_is_an_error_not_a_crash():
 
     with pytest.raises(ValueError):
         parse_metrics("<html>this is not prometheus</html>\n")
+
+
+def test_every_result_keeps_one_colour_on_both_charts(tmp_path, monkeypatch):
+    """Overlaid results (a sweep's layouts): a layout's dots, frontier, TTFT and TPOT
+    lines share its colour, so the latency chart reads with the Pareto chart's legend."""
+    from matplotlib.colors import to_hex
+
+    from sparkctl.bench import plot as bench_plot
+    from sparkctl.bench.result import ResultFile, ResultPoint
+
+    def point(c: int, per_user: float) -> ResultPoint:
+        return ResultPoint(f"c={c}", c, None, 4, 0, 1.0, 50.0 * c, 25.0 * c, per_user, 20.0 * c, 30.0 * c,
+                           1000 / per_user, 1200 / per_user)
+
+    files = [ResultFile(f"{name}.json", name, "sparkctl", (point(1, 60.0), point(4, 40.0))) for name in ("tp2", "dp2")]
+    figures = []
+    monkeypatch.setattr(bench_plot, "save", lambda fig, path: figures.append(fig) or path)
+    bench_plot.plot_results(files, str(tmp_path / "p.png"))
+    pareto, latency = figures[0].axes
+    dots = [to_hex(c.get_facecolor()[0]) for c in pareto.collections]
+    assert len(set(dots)) == 2
+    for name, colour in zip(("tp2", "dp2"), dots):
+        lines = [line for line in latency.get_lines() if line.get_label().startswith(f"{name}: ")]
+        assert [line.get_label() for line in lines] == [f"{name}: TTFT", f"{name}: TPOT"]
+        assert {to_hex(line.get_color()) for line in lines} == {colour}

@@ -31,8 +31,9 @@ def plot_results(files: list[ResultFile], path: str, *, title: str = "") -> str:
     plt = pyplot()
     fig, (pareto, latency) = plt.subplots(1, 2, figsize=(13, 5))
     try:
-        for f in files:
-            _draw(pareto, latency, f, label=f.name if len(files) > 1 else None)
+        for index, f in enumerate(files):
+            # one colour per result on both charts: TTFT solid, TPOT dashed
+            _draw(pareto, latency, f, label=f.name if len(files) > 1 else None, color=f"C{index % 10}")
         pareto.set(xlabel="tok/s per user (1000 / median TPOT ms)", ylabel="output tok/s per node",
                    title=title or "throughput per node against speed per user")
         latency.set(xlabel="load (concurrency, or request rate for open loop)", ylabel="ms",
@@ -47,12 +48,11 @@ def plot_results(files: list[ResultFile], path: str, *, title: str = "") -> str:
         plt.close(fig)
 
 
-def _draw(pareto: Any, latency: Any, f: ResultFile, *, label: str | None) -> None:
+def _draw(pareto: Any, latency: Any, f: ResultFile, *, label: str | None, color: str) -> None:
     points = [p for p in f.points if p.tok_s_per_user is not None]
     if points:
-        dots = pareto.scatter([p.tok_s_per_user for p in points], [p.output_throughput_per_node for p in points],
-                              label=label)
-        color = dots.get_facecolor()[0]
+        pareto.scatter([p.tok_s_per_user for p in points], [p.output_throughput_per_node for p in points],
+                       label=label, color=color)
         front = frontier(points)
         pareto.plot([p.tok_s_per_user for p in front], [p.output_throughput_per_node for p in front],
                     color=color, alpha=0.6)
@@ -65,4 +65,5 @@ def _draw(pareto: Any, latency: Any, f: ResultFile, *, label: str | None) -> Non
         xs = [_load(p) for p in loaded if getattr(p, metric) is not None]
         ys = [getattr(p, metric) for p in loaded if getattr(p, metric) is not None]
         if xs:
-            latency.plot(xs, ys, style, label=f"{prefix}{metric.removeprefix('median_').removesuffix('_ms').upper()}")
+            latency.plot(xs, ys, style, color=color,
+                         label=f"{prefix}{metric.removeprefix('median_').removesuffix('_ms').upper()}")
