@@ -63,7 +63,9 @@ def step_remarks(result: BenchResult) -> list[str]:
             lines.append(f"saturated at {s.step.label}: {reason}")
         if s.token_count_mismatches:
             lines.append(f"{s.step.label}: {s.token_count_mismatches} request(s) where the server's token count "
-                         "differs from the streamed chunks (expected with speculative decoding)")
+                         "differs from the streamed chunks (harmless: vLLM sends a token that is not yet a whole "
+                         "character with the next one, and speculative decoding several per chunk; "
+                         "throughput counts the server's tokens)")
         if s.short_outputs:
             lines.append(f"{s.step.label}: {s.short_outputs} request(s) ended before {s.step.output_len} tokens")
         for sample in s.sample_errors:
