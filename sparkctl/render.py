@@ -64,7 +64,8 @@ def exec_text(results: list[Any]) -> str:
     lines = []
     for r in results:
         if r.error is not None:
-            lines.append(f"== {r.node}: {'unreachable' if r.unreachable else 'failed'}: {r.error}")
+            what = "connection lost" if r.error_kind == "connection-lost" else "unreachable" if r.unreachable else "failed"
+            lines.append(f"== {r.node}: {what}: {r.error}")
             continue
         lines.append(f"== {r.node}: exit {r.returncode} ({r.duration_s:.2f}s)")
         lines += [f"{r.node}: {line}" for line in r.stdout.splitlines()]

@@ -94,7 +94,7 @@ def test_dropped_connection_during_exec_is_reported_and_leaves_nothing(make_vclu
     assert time.monotonic() - started < 10  # reported at once, not when the command would have ended
     assert proc.returncode == 3, err
     for node in cluster.nodes:
-        assert f"{node.name}: unreachable: {node.name}: ssh root@{node.mgmt_ip}:22: the connection was lost while a command ran" in out, out
+        assert f"{node.name}: connection lost: {node.name}: ssh root@{node.mgmt_ip}:22: the connection was lost while a command ran" in out, out
     assert_clean_error(err)
     # the commands did not outlive their controller's connection (sleep 30 would still run)
     for node in cluster.nodes:
