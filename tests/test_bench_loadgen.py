@@ -176,7 +176,8 @@ def test_bad_flags_exit_2_without_touching_the_network(flags, message):
     assert message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_ctrl_c_prints_and_saves_what_was_measured(stream_server, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_prints_and_saves_what_was_measured(stream_server, tmp_path, sig):
     url = stream_server("--itl-ms", "20")
     out = tmp_path / "partial.json"
     proc = subprocess.Popen(
@@ -185,7 +186,7 @@ def test_ctrl_c_prints_and_saves_what_was_measured(stream_server, tmp_path):
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     time.sleep(6)  # well into the first step (400 requests at c=2 take about a minute)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
     assert "c=2" in stdout and "(cut)" in stdout
