@@ -46,7 +46,7 @@ from sparkctl.lifecycle.stop import NodeStop, stop_all
 from sparkctl.netplan import HostPlan
 from sparkctl.playbook import Playbook
 from sparkctl.progress import Reporter
-from sparkctl.serve.endpoint import Member
+from sparkctl.serve.endpoint import Member, recorded_members
 
 P = TypeVar("P", bound="ServePlan")
 
@@ -196,6 +196,15 @@ def backend_for(inventory: Inventory, playbook: Playbook) -> MpBackend | RayBack
     if playbook.data_parallel_size > 1:
         return DpBackend(inventory, playbook)
     return BACKENDS[playbook.backend](inventory, playbook)
+
+
+def members_behind(recorded: dict[str, Any] | None, inventory: Inventory,
+                   playbook: Playbook | None) -> tuple[Member, ...]:
+    """The replicas behind the endpoint `status` and `bench` talk to: those `up` recorded
+    with it, else those the playbook would start, else none."""
+    if recorded and recorded.get("endpoint"):
+        return recorded_members(recorded.get("members"))
+    return members_for(inventory, playbook) if playbook else ()
 
 
 def members_for(inventory: Inventory, playbook: Playbook) -> tuple[Member, ...]:

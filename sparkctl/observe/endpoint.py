@@ -57,7 +57,7 @@ def sample_endpoint(endpoint: Endpoint, members: Sequence[Member] = ()) -> Endpo
 def _members(endpoint: Endpoint, members: Sequence[Member]) -> tuple[MemberSample, ...]:
     samples = []
     for member in members:
-        server = Endpoint(member.url, api_key=endpoint.api_key, timeout_s=endpoint.timeout_s)
+        server = endpoint.at(member.url)
         health = server.health().status
         metrics, error = _metrics(server) if health == 200 else (None, f"/health: {health or 'no answer'}")
         samples.append(MemberSample(member, health, metrics, error))

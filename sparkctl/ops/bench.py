@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Mapping
 
 from sparkctl import __version__
-from sparkctl.backends.serving import members_for
+from sparkctl.backends.serving import members_behind
 from sparkctl.bench.options import BenchOptions
 from sparkctl.bench.result import BenchMetadata, BenchResult, ClusterInfo, slo_summary
 from sparkctl.bench.runner import Progress, Target, run_bench
@@ -17,7 +17,7 @@ from sparkctl.errors import InputError
 from sparkctl.inventory import Inventory
 from sparkctl.observe.telemetry import TelemetrySampler
 from sparkctl.playbook import Playbook, load_playbook
-from sparkctl.serve.endpoint import endpoint_url, recorded_members
+from sparkctl.serve.endpoint import endpoint_url
 from sparkctl.state import StateStore
 
 API_KEY_ENV = "VLLM_API_KEY"  # what vLLM reads for --api-key, and what playbooks forward
@@ -50,7 +50,7 @@ def cluster_target(inventory: Inventory, playbook: Playbook | None, environ: Map
         kv_cache=kv,
     )
     # behind a router the server's view is the replicas' own /metrics, summed
-    members = recorded_members(recorded.get("members")) if endpoint else members_for(inventory, playbook)
+    members = members_behind(recorded, inventory, playbook)
     target = Target(endpoint or endpoint_url(inventory, playbook), playbook.served_model_name, key,
                     nodes=len(inventory.nodes), metrics_from=tuple(m.url for m in members))
     return target, info

@@ -17,7 +17,7 @@ from typing import Any
 
 from sparkctl.agent.client import AgentClient, Connect, connect
 from sparkctl.agent.protocol import ProcessInfo, RecordStatus, TelemetryReply, TelemetryRequest, to_wire
-from sparkctl.backends.serving import backend_found, members_for
+from sparkctl.backends.serving import backend_found, members_behind
 from sparkctl.findings import Finding, Severity
 from sparkctl.inventory import Inventory
 from sparkctl.lifecycle.spec import record_dir, tag_prefix
@@ -33,7 +33,7 @@ from sparkctl.observe.verdict import (
     reason_dict,
 )
 from sparkctl.playbook import Playbook
-from sparkctl.serve.endpoint import Endpoint, endpoint_url, recorded_members
+from sparkctl.serve.endpoint import Endpoint, endpoint_url
 from sparkctl.state import StateStore
 
 
@@ -148,8 +148,7 @@ class Observer:
         self.endpoint = Endpoint(url, api_key=api_key, timeout_s=5) if url else None
         self.model = (self.recorded or {}).get("served_model_name") or (playbook.served_model_name if playbook else None)
         # replicas behind a router: asked themselves, since the router answers while one of them does
-        self.members = (recorded_members(self.recorded.get("members")) if self.recorded
-                        else members_for(inventory, playbook) if playbook else ())
+        self.members = members_behind(self.recorded, inventory, playbook)
         self.previous: EndpointSample | None = None
         self.moved_at: float | None = None  # when the token counters last moved (or were first seen)
 

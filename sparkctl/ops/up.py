@@ -262,7 +262,7 @@ def _already_serving(
         if record is None or not record.alive or record.plan_digest != plan_digest(process):
             return None
         running.setdefault(process.node, record)  # the node's server, not the router beside it
-    servers = [endpoint, *(Endpoint(m.url, api_key=endpoint.api_key) for m in plan.members)]
+    servers = [endpoint, *(endpoint.at(m.url) for m in plan.members)]
     for server in servers:
         if server.health().status != 200 or playbook.served_model_name not in server.model_ids()[1]:
             return None

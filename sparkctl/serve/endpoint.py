@@ -72,6 +72,10 @@ class Endpoint:
             reason = getattr(exc, "reason", exc)
             return HttpReply(None, b"", str(reason), time.monotonic() - started)
 
+    def at(self, base_url: str) -> Endpoint:
+        """The same client (API key, timeout) for another server: a replica behind this endpoint."""
+        return Endpoint(base_url, api_key=self.api_key, timeout_s=self.timeout_s)
+
     def health(self) -> HttpReply:
         return self.request("GET", "/health")
 

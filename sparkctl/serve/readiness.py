@@ -150,7 +150,7 @@ class _Wait:
         """True once every member, then the endpoint, answered /health, /v1/models and one completion."""
         while self.pending:
             member = self.pending[0]
-            if not self._serves(Endpoint(member.url, api_key=self.endpoint.api_key), member.node, deadline,
+            if not self._serves(self.endpoint.at(member.url), member.node, deadline,
                                 f"{member.label} ({member.url})"):
                 return False
             self.pending.pop(0)
@@ -162,14 +162,13 @@ class _Wait:
         set the readiness timings."""
         state = self.state
         where = f"{node}: {member}" if member else node
-        if member is None and state.health_at is None:
+        if member is not None or state.health_at is None:  # the endpoint's /health is asked until it first answers
             if endpoint.health().status != 200:
                 return False
-            state.health_at = time.monotonic()
-            self.reporter.event(node, "/health 200")
-            self.last_news = time.monotonic()
-        elif member is not None and endpoint.health().status != 200:
-            return False
+            if member is None:
+                state.health_at = time.monotonic()
+                self.reporter.event(node, "/health 200")
+                self.last_news = time.monotonic()
         models_reply, ids = endpoint.model_ids()
         if self.served_model_name not in ids:
             if models_reply.status == 200:
